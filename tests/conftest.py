@@ -1,0 +1,28 @@
+"""Test setup: CPU only, 8 fake devices, set before anything imports jax."""
+
+import os
+import pathlib
+import sys
+
+os.environ['JAX_PLATFORMS'] = 'cpu'
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / 'shared'
+sys.path.insert(0, str(REPO))
+
+
+@pytest.fixture(scope='session')
+def shared_dir() -> pathlib.Path:
+  """../shared beside the checkout (golden TF outputs and sample transcripts)."""
+  if not SHARED.is_dir():
+    raise FileNotFoundError(f'{SHARED} is missing: the tests need ../shared beside the repository')
+  return SHARED
+
+
+@pytest.fixture(scope='session')
+def golden_dir(shared_dir) -> pathlib.Path:
+  return shared_dir / 'golden' / 'tf_reference_A'
