@@ -1,0 +1,67 @@
+"""Output heads: masked-LM head (tied embeddings), contrastive projections, temporal pair classifiers."""
+
+from __future__ import annotations
+
+import chex
+import einops
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from merlot_jax.models.layers import Dense, LayerNorm, gelu, param
+
+L2_EPS = 1e-12  # tf.math.l2_normalize's epsilon on the squared norm
+
+
+class LMHead(nnx.Module):
+  """dense + GELU -> LayerNorm -> x @ word_embeddings^T + bias."""
+
+  def __init__(self, hidden: int, vocab_size: int, *, rngs: nnx.Rngs, init_std: float, dtype=jnp.float32):
+    self.projection = Dense(hidden, hidden, ('embed', None), rngs=rngs, init_std=init_std, dtype=dtype)
+    self.norm = LayerNorm(hidden, rngs=rngs, dtype=dtype)
+    self.output_bias = param(rngs, nnx.initializers.zeros, (vocab_size,), ('vocab',))
+    self.dtype = dtype
+
+  def __call__(self, h: jax.Array, word_embeddings: jax.Array) -> jax.Array:
+    """h: [..., hidden]; word_embeddings: [vocab, hidden] -> float32 logits [..., vocab]."""
+    h = self.norm(gelu(self.projection(h)))
+    logits = jnp.einsum('...d,vd->...v', h, word_embeddings.astype(self.dtype),
+                        preferred_element_type=jnp.float32)
+    return logits + self.output_bias[...]
+
+
+class ContrastiveProjection(nnx.Module):
+  """The original's project_and_norm: dense (width C) + GELU -> LayerNorm -> dense C -> L2 normalise."""
+
+  def __init__(self, hidden: int, size: int, *, rngs: nnx.Rngs, init_std: float, dtype=jnp.float32):
+    self.intermediate = Dense(hidden, size, ('embed', None), rngs=rngs, init_std=init_std, dtype=dtype)
+    self.norm = LayerNorm(size, rngs=rngs, dtype=dtype)
+    self.out = Dense(size, size, (None, None), rngs=rngs, init_std=init_std, dtype=dtype)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = self.out(self.norm(gelu(self.intermediate(x)))).astype(jnp.float32)
+    return y * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(y), -1, keepdims=True), L2_EPS))
+
+
+def pairwise_concat(xa: jax.Array, xb: jax.Array) -> jax.Array:
+  """All ordered pairs within a group: [g, n, d] x [g, n, d] -> [g * n * n, 2d], row g*n*n + i*n + j
+  holding [xa_i, xb_j]."""
+  chex.assert_equal_shape((xa, xb))
+  n = xa.shape[1]
+  a = einops.repeat(xa, 'g i d -> g i j d', j=n)
+  b = einops.repeat(xb, 'g j d -> g i j d', i=n)
+  return einops.rearrange(jnp.concatenate([a, b], -1), 'g i j d -> (g i j) d')
+
+
+class TemporalHead(nnx.Module):
+  """Classifies every ordered pair (i, j) of a group as other video / same / before / after."""
+
+  def __init__(self, hidden: int, *, rngs: nnx.Rngs, init_std: float, dtype=jnp.float32):
+    self.intermediate = Dense(2 * hidden, hidden, (None, 'embed'), rngs=rngs, init_std=init_std, dtype=dtype)
+    self.norm = LayerNorm(hidden, rngs=rngs, dtype=dtype)
+    self.logits = Dense(hidden, 4, ('embed', None), rngs=rngs, init_std=init_std, dtype=dtype)
+
+  def __call__(self, xa: jax.Array, xb: jax.Array) -> jax.Array:
+    """xa, xb: [g, n, hidden] -> float32 logits [g * n * n, 4]."""
+    h = self.norm(gelu(self.intermediate(pairwise_concat(xa, xb))))
+    return self.logits(h).astype(jnp.float32)
