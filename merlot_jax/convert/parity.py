@@ -38,10 +38,6 @@ HARDCODED_KEYS = {'resnet_width': 'resnet_width', 'position_embedder2d_max_hw': 
 # Settings of the original that merlot_jax does not implement, with the value it assumes.
 REQUIRED = {'share_params': True, 'do_projection': True, 'do_bias': True, 'num_imgs': 1, 'num_texts': 1,
             'disable_pairwise_lang_attn': False}
-# Scalars that the pretraining objectives produce (compared once objectives cover them).
-LOSS_KEYS = ('temporal_loss', 'temporal_info_loss', 'temporal_info_lang_viz_loss', 'temporal_info_viz_viz_loss',
-             'temporal_info_lang_viz_acc', 'temporal_info_viz_viz_acc', 'contrastive_loss_lang_to_viz',
-             'contrastive_loss_viz_to_lang', 'contrastive_loss_all', 'train/mask_loss', 'train/mask_acc')
 # Recorded random draws of the original's training graph: inputs to us, checked for consistency.
 DRAW_KEYS = ('train/masked_ids', 'train/masked_idx')
 
@@ -105,10 +101,14 @@ def build_converted_model(ref: Reference) -> MerlotModel:
   return model
 
 
-def model_outputs(model: MerlotModel, inputs: Mapping[str, np.ndarray], draws: Mapping[str, np.ndarray]
-                  ) -> dict[str, np.ndarray]:
-  """Every output key of the reference format that the model itself determines, in float32."""
-  m = model.config
+def model_outputs(model: MerlotModel, objectives_config: ml_collections.ConfigDict,
+                  inputs: Mapping[str, np.ndarray], draws: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Every output key of the reference format, in float32: hidden states, heads and the losses.
+
+  `draws` holds the reference's recorded masking draw (`train/masked_ids`, `train/masked_idx`), which
+  the masked-LM outputs use in place of a fresh random draw.
+  """
+  m, o = model.config, objectives_config
   b, n, t = inputs['input_ids'].shape
   images = jnp.asarray(inputs['images']).reshape(b, n, *inputs['images'].shape[1:])
   ids = jnp.asarray(inputs['input_ids'])
@@ -122,6 +122,12 @@ def model_outputs(model: MerlotModel, inputs: Mapping[str, np.ndarray], draws: M
   frame_first = joint.visual.reshape(groups, m.segments_per_group, model.sizes.tokens_per_frame, -1)[:, :, 0]
   lang_trg = lang.segment_states.reshape(b * n, -1)
   img_trg = vision.cls[:, 1]
+  lang_proj, viz_proj = model.contrastive_text(lang_trg), model.contrastive_frame(img_trg)
+  video_src_ids = jnp.asarray(inputs['video_src_ids']).reshape(groups, -1)
+  temporal_loss, temporal_info = objectives.temporal_objective(
+      temporal['text_frame'], temporal['frame_frame'], video_src_ids, image_index.reshape(groups, -1), o)
+  contrastive_all, contrastive = objectives.contrastive_loss(lang_proj, viz_proj, o.contrast_temperature,
+                                                             o.contrast_weight)
   out = {
       'debug_resnet_stem_img0': vision.resnet['stem'][0],
       **{f'debug_resnet_block_group{i}_img0': vision.resnet[f'stage{i}'][0] for i in (1, 2, 3)},
@@ -133,14 +139,17 @@ def model_outputs(model: MerlotModel, inputs: Mapping[str, np.ndarray], draws: M
       'encoder_attn_probs_headmean': joint.attention, 'lm_logits': model.lm_logits(joint.text),
       'temporal_h_lang': text_first, 'temporal_h_viz': frame_first,
       'temporal_logits_lang_viz': temporal['text_frame'], 'temporal_logits_viz_viz': temporal['frame_frame'],
-      'temporal_labels': objectives.temporal_labels(jnp.asarray(inputs['video_src_ids']).reshape(groups, -1)),
+      'temporal_labels': objectives.temporal_labels(video_src_ids),
+      'temporal_loss': temporal_loss, **{f'temporal_info_{k}': v for k, v in temporal_info.items()},
       'langonly_hidden': lang.hidden, 'langonly_attn_probs_headmean': lang.attention, 'lang_trg_h': lang_trg,
-      'contrastive_lang_proj': model.contrastive_text(lang_trg),
-      'contrastive_viz_proj': model.contrastive_frame(img_trg),
+      'contrastive_lang_proj': lang_proj, 'contrastive_viz_proj': viz_proj,
+      'contrastive_loss_all': contrastive_all, **{f'contrastive_loss_{k}': v for k, v in contrastive.items()},
   }
-  if 'train/masked_ids' in draws:
+  if all(k in draws for k in DRAW_KEYS):
     masked = model.joint(vision, jnp.asarray(draws['train/masked_ids']), image_index)
     out['train/lang_hidden_masked'], out['train/viz_hidden_masked'] = masked.text, masked.visual
+    out['train/mask_loss'], out['train/mask_acc'] = objectives.masked_lm_objective(
+        masked.text, jnp.asarray(draws['train/masked_idx']), ids.reshape(groups, -1), model.lm_logits)
   return {k: np.asarray(jax.device_get(v)) for k, v in out.items()}
 
 
@@ -174,7 +183,7 @@ def compare(ours: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray])
   """Per-key errors for every reference key we produce, and the keys we do not produce."""
   results, missing = [], []
   for key, ref in sorted(reference.items()):
-    if key in DRAW_KEYS or key in LOSS_KEYS:
+    if key in DRAW_KEYS:
       continue
     if key not in ours:
       missing.append(key)
