@@ -34,20 +34,20 @@ def make_mesh(mesh_config: ml_collections.ConfigDict, devices: Sequence[jax.Devi
   devices = list(jax.devices() if devices is None else devices)
   sizes = [int(mesh_config[a]) for a in MESH_AXES]
   if sizes.count(-1) > 1:
-    raise ValueError(f'config.mesh {dict(zip(MESH_AXES, sizes))}: at most one axis may be -1')
+    raise ValueError(f'config.mesh {dict(zip(MESH_AXES, sizes, strict=True))}: at most one axis may be -1')
   known = int(np.prod([s for s in sizes if s != -1]))
   if -1 in sizes:
     if len(devices) % known:
-      raise ValueError(f'config.mesh {dict(zip(MESH_AXES, sizes))}: {len(devices)} devices are not '
+      raise ValueError(f'config.mesh {dict(zip(MESH_AXES, sizes, strict=True))}: {len(devices)} devices are not '
                        f'divisible by the fixed axes ({known})')
     sizes[sizes.index(-1)] = len(devices) // known
   if int(np.prod(sizes)) != len(devices):
-    raise ValueError(f'config.mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, '
+    raise ValueError(f'config.mesh {dict(zip(MESH_AXES, sizes, strict=True))} needs {int(np.prod(sizes))} devices, '
                      f'but {len(devices)} are available')
   return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
 
 
-def _mesh_axes_size(mesh: Mesh, axes) -> int:
+def _mesh_axes_size(mesh: Mesh | jax.sharding.AbstractMesh, axes) -> int:
   if axes is None:
     return 1
   axes = (axes,) if isinstance(axes, str) else axes
@@ -55,7 +55,7 @@ def _mesh_axes_size(mesh: Mesh, axes) -> int:
 
 
 def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int] | None = None,
-                    mesh: Mesh | None = None) -> PartitionSpec:
+                    mesh: Mesh | jax.sharding.AbstractMesh | None = None) -> PartitionSpec:
   """PartitionSpec for logical axis names; with shape and mesh, a dimension the mesh axes do not
   divide evenly stays replicated (e.g. the GPT-2 vocab of 50370 on a 4-way tensor axis)."""
   spec = []
@@ -90,9 +90,4 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
     return x
-  spec = []
-  for dim, name in zip(x.shape, logical_axes):
-    axes = LOGICAL_RULES.get(name) if name is not None else None
-    size = 1 if axes is None else int(np.prod([mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes)]))
-    spec.append(axes if dim % size == 0 else None)
-  return jax.lax.with_sharding_constraint(x, PartitionSpec(*spec))
+  return jax.lax.with_sharding_constraint(x, logical_to_spec(logical_axes, x.shape, mesh))
