@@ -21,7 +21,7 @@ from flax import nnx
 from merlot_jax import objectives
 from merlot_jax.config import default_config, validate
 from merlot_jax.convert.tf_checkpoint import convert_variables
-from merlot_jax.models.merlot import MerlotModel
+from merlot_jax.models.merlot import MerlotModel, segment_first_tokens
 
 # Original config key -> merlot_jax model field.
 MODEL_KEYS = {
@@ -118,8 +118,8 @@ def model_outputs(model: MerlotModel, objectives_config: ml_collections.ConfigDi
   lang = model.language_only(ids, return_attention=True)
   groups = joint.visual.shape[0]
   temporal = model.temporal_logits(joint)
-  text_first = joint.text.reshape(groups, m.segments_per_group, t, -1)[:, :, 0]
-  frame_first = joint.visual.reshape(groups, m.segments_per_group, model.sizes.tokens_per_frame, -1)[:, :, 0]
+  text_first = segment_first_tokens(joint.text, m.segments_per_group)
+  frame_first = segment_first_tokens(joint.visual, m.segments_per_group)
   lang_trg = lang.segment_states.reshape(b * n, -1)
   img_trg = vision.cls[:, 1]
   lang_proj, viz_proj = model.contrastive_text(lang_trg), model.contrastive_frame(img_trg)

@@ -28,6 +28,11 @@ from merlot_jax.models.vit import HybridViT, PositionTable2D, VisionOutput
 PAD_ID = 0
 
 
+def segment_first_tokens(x: jax.Array, num_segments: int) -> jax.Array:
+  """[g, n * c, hidden] -> [g, n, hidden]: the first token of each segment (START) or frame (CLS slot)."""
+  return einops.rearrange(x, 'g (n c) d -> g n c d', n=num_segments)[:, :, 0]
+
+
 @dataclasses.dataclass(frozen=True)
 class JointOutput:
   """The joint encoder over groups: g = batch * N / n groups, P visual and L language tokens each."""
@@ -159,14 +164,12 @@ class MerlotModel(nnx.Module):
     x = self.embed_text(ids, self.langonly_positions[...], self.langonly_embed_norm, rng_embed)
     hidden, attention = self.encoder(x, ids != PAD_ID, num_layers=m.num_langonly_layers, dropout_rng=rng_enc,
                                      return_probs=return_attention)
-    starts = einops.rearrange(hidden, 'b (n t) d -> b n t d', n=m.num_segments)[:, :, 0]
-    return LanguageOnlyOutput(hidden, starts, attention)
+    return LanguageOnlyOutput(hidden, segment_first_tokens(hidden, m.num_segments), attention)
 
   def temporal_logits(self, joint: JointOutput) -> dict[str, jax.Array]:
     """Pairwise order logits [g * n * n, 4] for transcript-frame and frame-frame pairs of each group."""
-    n, s = self.config.segments_per_group, self.sizes
-    h_text = einops.rearrange(joint.text, 'g (n t) d -> g n t d', n=n)[:, :, 0]
-    h_frame = einops.rearrange(joint.visual, 'g (n t) d -> g n t d', n=n, t=s.tokens_per_frame)[:, :, 0]
+    n = self.config.segments_per_group
+    h_text, h_frame = segment_first_tokens(joint.text, n), segment_first_tokens(joint.visual, n)
     return {'text_frame': self.temporal_text_frame(h_text, h_frame),
             'frame_frame': self.temporal_frame_frame(h_frame, h_frame)}
 
