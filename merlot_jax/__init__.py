@@ -4,9 +4,21 @@ Notebook entry points:
   config = merlot_jax.load_config('configs/tiny.py')
   model = merlot_jax.build_model(config)
   out = model(images, input_ids)  # MerlotOutput: per-segment frame/transcript embeddings, hidden states
+
+The names are imported lazily, so data-only workers (`merlot_jax.data.*`) do not pay for JAX and Flax.
 """
 
-from merlot_jax.config import default_config, load_config, validate
-from merlot_jax.models.merlot import MerlotModel, MerlotOutput, build_model
+import importlib
 
-__all__ = ['MerlotModel', 'MerlotOutput', 'build_model', 'default_config', 'load_config', 'validate']
+_EXPORTS = {
+    'default_config': 'merlot_jax.config', 'load_config': 'merlot_jax.config', 'validate': 'merlot_jax.config',
+    'MerlotModel': 'merlot_jax.models.merlot', 'MerlotOutput': 'merlot_jax.models.merlot',
+    'build_model': 'merlot_jax.models.merlot',
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+  if name not in _EXPORTS:
+    raise AttributeError(f'module merlot_jax has no attribute {name!r}')
+  return getattr(importlib.import_module(_EXPORTS[name]), name)

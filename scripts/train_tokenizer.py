@@ -11,8 +11,10 @@ def main() -> None:
   parser.add_argument('--out', required=True, metavar='PREFIX', help='writes PREFIX.model and PREFIX.vocab')
   parser.add_argument('--vocab_size', type=int, required=True,
                       help='SentencePiece pieces (a soft limit); the id space is 100 larger')
+  parser.add_argument('--model_type', default='unigram', choices=['unigram', 'bpe', 'word', 'char'],
+                      help='bpe keeps whole words on small corpora where unigram falls back to letters')
   args = parser.parse_args()
-  print(train_sentencepiece(args.input, args.out, args.vocab_size))
+  print(train_sentencepiece(args.input, args.out, args.vocab_size, model_type=args.model_type))
 
 
 if __name__ == '__main__':
