@@ -78,6 +78,9 @@ def default_config() -> ml_collections.ConfigDict:
   d.random_scale_min = 1.125
   d.random_scale_max = 1.5
   d.augment_prob = 0.8
+  # 'original': the released code's augmentation, whose branch lambdas all call the last transform
+  # (so 'brightness,contrast' always applies contrast); 'intended': brightness or contrast 50/50.
+  d.augment_mode = 'original'
   d.shuffle_segments = True
   d.shuffle_buffer = 1024
   d.seed = 0
@@ -142,9 +145,12 @@ def _require(ok: bool, field: str, value, why: str) -> None:
 def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Raises ConfigError naming the first impossible setting; returns the config unchanged."""
   m = c.model
+  _require(len(m.image_size) == 2, 'model.image_size', m.image_size, 'must be (height, width)')
+  for field in ('patch_size', 'pool_size', 'hidden_size', 'num_heads', 'mlp_dim', 'num_vision_layers',
+                'num_joint_layers', 'vocab_size', 'contrastive_size', 'num_segments', 'segments_per_group'):
+    _require(m[field] >= 1, f'model.{field}', m[field], 'must be a positive integer')
   h, w = m.image_size
   stride = m.patch_size * m.pool_size
-  _require(len(m.image_size) == 2, 'model.image_size', m.image_size, 'must be (height, width)')
   _require(h % stride == 0 and w % stride == 0, 'model.image_size', m.image_size,
            f'height and width must be multiples of patch_size * pool_size = {stride}')
   _require(m.patch_size == 16, 'model.patch_size', m.patch_size,
@@ -182,6 +188,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _require(abs(sum(o.mask_replace_probs) - 1) < 1e-6, 'objectives.mask_replace_probs', o.mask_replace_probs,
            'must sum to 1')
   _require(0 < o.mask_rate < 1, 'objectives.mask_rate', o.mask_rate, 'must be in (0, 1)')
+  _require(c.data.augment_mode in ('original', 'intended'), 'data.augment_mode', c.data.augment_mode,
+           "must be 'original' or 'intended'")
   t = c.train
   _require(t.global_batch_size >= 1, 'train.global_batch_size', t.global_batch_size, 'must be positive')
   return c
