@@ -101,6 +101,8 @@ def default_config() -> ml_collections.ConfigDict:
   t.log_every = 100
   t.checkpoint_every = 1000
   t.keep_checkpoints = 3
+  t.eval_every = 0  # steps between evaluations on data.eval_pattern; 0: none
+  t.eval_steps = 10  # batches per evaluation
   t.seed = 0
 
   c.mesh = ml_collections.ConfigDict()
