@@ -11,9 +11,11 @@ import json
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from merlot_jax.config import validate
 
@@ -48,3 +50,58 @@ def restore_params(directory: str | pathlib.Path, model: nnx.Module) -> None:
     restored = checkpointer.restore(directory / 'params', target)
   nnx.replace_by_pure_dict(state, restored)
   nnx.update(model, state)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training checkpoints: the whole TrainState plus the data position, every N steps, keeping K.
+
+
+class TrainCheckpointer:
+  """Orbax CheckpointManager for `TrainState` (params, optimizer state, step, RNG) and the input
+  position. Saves are asynchronous (training continues while arrays are written) and atomic (a step
+  directory appears only when complete); `restore` places arrays straight into the target shardings.
+
+  Layout: directory/<step>/state (the TrainState pytree) and directory/<step>/data (JSON: step and
+  each host's data position, so the pipeline resumes with `start_step` / `start_position`).
+  """
+
+  def __init__(self, directory: str | pathlib.Path, *, every: int, keep: int):
+    if every < 1 or keep < 1:
+      raise ValueError(f'train.checkpoint_every = {every} and train.keep_checkpoints = {keep}: both must be >= 1')
+    self.directory = pathlib.Path(directory).absolute()
+    options = ocp.CheckpointManagerOptions(save_interval_steps=every, max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=('state', 'data'))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, data_position: int | None = None, *, force: bool = False) -> bool:
+    """Starts an async save of `state` at `step` if the interval says so (or `force`); returns
+    whether a save started. data_position: this host's records consumed (None if unknown)."""
+    positions = [data_position]
+    if jax.process_count() > 1 and data_position is not None:
+      positions = [int(p) for p in multihost_utils.process_allgather(jnp.asarray(data_position))]
+    data = {'step': int(step), 'positions': positions}
+    return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                           data=ocp.args.JsonSave(data)), force=force)
+
+  def restore(self, abstract_state, step: int | None = None):
+    """(state, data) of `step` (default: the latest). abstract_state: a pytree of
+    jax.ShapeDtypeStruct with `sharding` set, like the TrainState to restore."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint in {self.directory}')
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    data = dict(restored.data)
+    positions = data.get('positions') or [None]
+    data['position'] = positions[jax.process_index()] if len(positions) > jax.process_index() else None
+    return restored.state, data
+
+  def wait(self) -> None:
+    """Blocks until the pending save is on disk."""
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()

@@ -1,0 +1,117 @@
+"""The pretraining loop: mesh -> sharded state -> resume -> steps -> logs, evals, checkpoints.
+
+Preemption: SIGTERM sets a flag; the loop finishes its step, saves a checkpoint, waits for it to be on
+disk and returns normally. A hard kill loses at most the steps since the last checkpoint; the next
+run with the same workdir resumes from it (params, optimizer state, step, RNG and data position).
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import signal
+from collections.abc import Callable, Iterator, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from merlot_jax import sharding
+from merlot_jax.train import checkpoint, metrics as metrics_lib, optim, state as state_lib, step as step_lib
+
+# (start_step, start_position or None) -> this host's numpy batches from that point on.
+BatchesFactory = Callable[[int, int | None], Iterator[dict[str, np.ndarray]]]
+
+
+class PreemptionFlag:
+  """Set by SIGTERM while installed (use as a context manager)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def _handler(self, signum, frame) -> None:
+    logging.warning('signal %d: saving a checkpoint and stopping after this step', signum)
+    self.requested = True
+
+  def __enter__(self) -> PreemptionFlag:
+    self._previous = signal.signal(signal.SIGTERM, self._handler)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def evaluate(eval_step, state: state_lib.TrainState, batches: Iterator[dict[str, np.ndarray]],
+             shardings: dict, num_batches: int) -> dict[str, float]:
+  """Mean of eval_step metrics over up to `num_batches` batches (fewer if the iterator ends)."""
+  results = []
+  for _, local in zip(range(num_batches), batches):
+    results.append(eval_step(state, step_lib.global_batch(local, shardings)))
+  if not results:
+    raise ValueError('the eval iterator yielded no batches')
+  fetched = jax.device_get(results)
+  return {k: float(np.mean([r[k] for r in fetched])) for k in fetched[0]}
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, batches_factory: BatchesFactory, *,
+          eval_batches_factory: Callable[[], Iterator[dict[str, np.ndarray]]] | None = None,
+          peak_flops_per_device: float | None = None, progress: bool = True,
+          devices: Sequence[jax.Device] | None = None) -> state_lib.TrainState:
+  """Trains to config.train.total_steps, resuming from workdir/checkpoints if one is there.
+
+  Evaluates every config.train.eval_every steps (0: never) on config.train.eval_steps batches of a
+  fresh `eval_batches_factory()` iterator. `devices` default to all. Returns the final state (also saved).
+  """
+  t = config.train
+  workdir = pathlib.Path(workdir)
+  mesh = sharding.make_mesh(config.mesh, devices)
+  tx = optim.make_optimizer(config.optim, t.total_steps)
+  graphdef, abstract, shardings = state_lib.state_shardings(config, mesh, tx)
+  ckpt = checkpoint.TrainCheckpointer(workdir / 'checkpoints', every=t.checkpoint_every, keep=t.keep_checkpoints)
+  if ckpt.latest_step() is not None:
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    state, data = ckpt.restore(target)
+    start, position = int(state.step), data['position']
+    logging.info('resumed from %s at step %d (data position %s)', ckpt.directory, start, position)
+  else:
+    graphdef, state, shardings = state_lib.create_train_state(config, mesh, tx)
+    start, position = 0, None
+  batches = batches_factory(start, position)
+  train_step = step_lib.make_train_step(config, graphdef, tx, mesh, shardings)
+  eval_every = t.get('eval_every', 0)
+  eval_step = step_lib.make_eval_step(config, graphdef, mesh, shardings) if eval_batches_factory else None
+  batch_sh = step_lib.batch_shardings(mesh, config)
+  logger = metrics_lib.MetricsLogger(config, workdir, total_steps=t.total_steps, start_step=start,
+                                     peak_flops_per_device=peak_flops_per_device, num_devices=mesh.size,
+                                     progress=progress)
+  step = start
+  try:
+    with PreemptionFlag() as preempted:
+      while step < t.total_steps:
+        batch = step_lib.global_batch(next(batches), batch_sh)
+        if batch['input_ids'].shape[0] != t.global_batch_size:
+          raise ValueError(f'the global batch has {batch["input_ids"].shape[0]} examples, '
+                           f'config.train.global_batch_size = {t.global_batch_size}')
+        state, step_metrics = train_step(state, batch)
+        step += 1
+        logger.record(step, step_metrics)
+        if step % t.log_every == 0:
+          logger.flush()
+        if eval_step is not None and eval_every and step % eval_every == 0:
+          scalars = evaluate(eval_step, state, eval_batches_factory(), batch_sh, t.get('eval_steps', 1))
+          logger.write(step, scalars, prefix='eval/')
+        if step % t.checkpoint_every == 0 or preempted.requested or step == t.total_steps:
+          logger.flush()  # the NaN guard runs before a checkpoint is written
+          if ckpt.latest_step() != step:
+            ckpt.save(step, state, getattr(batches, 'position', None), force=True)
+        if preempted.requested:
+          ckpt.wait()
+          logging.warning('preempted: checkpoint of step %d saved in %s', step, ckpt.directory)
+          break
+    logger.flush()
+  finally:
+    ckpt.wait()
+    ckpt.close()
+    logger.close()
+  return state

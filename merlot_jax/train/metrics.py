@@ -1,0 +1,146 @@
+"""Training metrics: analytic FLOPs, one log line per interval, TensorBoard, progress bar, NaN guard."""
+
+from __future__ import annotations
+
+import logging
+import math
+import pathlib
+import time
+from collections.abc import Mapping
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tqdm
+
+from merlot_jax.config import model_sizes
+
+
+class NonFiniteError(FloatingPointError):
+  """A loss metric became NaN or inf."""
+
+
+def _transformer_flops(tokens: int, layers: int, hidden: int, mlp: int) -> float:
+  """Forward matmul FLOPs of `layers` blocks over one sequence of `tokens` (2 per multiply-add):
+  q/k/v/out projections, the MLP, and the two attention matmuls (scores, weighted values)."""
+  per_token = 2 * (4 * hidden * hidden + 2 * hidden * mlp) + 2 * 2 * tokens * hidden
+  return float(layers * tokens * per_token)
+
+
+def _resnet_flops(m: ml_collections.ConfigDict) -> float:
+  """Forward conv FLOPs of the lite ResNet for one frame (convs as in models/resnet.py)."""
+  h, w = m.image_size
+  width = m.resnet_width
+  conv = lambda hw, k, cin, cout: 2.0 * hw * k * k * cin * cout
+  hw = (h // 2) * (w // 2)  # the stride-2 first conv
+  total = conv(hw, 3, 3, width // 2) + conv(hw, 3, width // 2, width // 2) + conv(hw, 3, width // 2, width)
+  hw //= 4  # stem average pool
+  cin = width
+  for i, blocks in enumerate(m.resnet_blocks):
+    f = width * 2**i
+    for b in range(blocks):
+      down = i > 0 and b == 0
+      out_hw = hw // 4 if down else hw
+      if b == 0:
+        total += conv(out_hw, 1, cin, 4 * f)  # projection shortcut (after the pool when downsampling)
+      total += conv(hw, 1, cin if b == 0 else 4 * f, f) + conv(hw, 3, f, f) + conv(out_hw, 1, f, 4 * f)
+      hw = out_hw
+    cin = 4 * f
+  return total
+
+
+def flops_breakdown(config: ml_collections.ConfigDict) -> dict[str, float]:
+  """Forward FLOPs per example (one video of num_segments frames and segments) by component."""
+  m, s = config.model, model_sizes(config.model)
+  d, n_frames = m.hidden_size, m.num_segments
+  vit_tokens = m.num_cls_tokens + s.grid_h * s.grid_w
+  vit = n_frames * (_transformer_flops(vit_tokens, m.num_vision_layers, d, m.mlp_dim)
+                    + 2.0 * s.grid_h * s.grid_w * (16 * m.resnet_width) * d)  # post-ResNet 1x1 projection
+  joint = s.groups_per_video * _transformer_flops(s.joint_len, m.num_joint_layers, d, m.mlp_dim)
+  lang = _transformer_flops(s.video_text_len, m.num_langonly_layers, d, m.mlp_dim)
+  masked = config.objectives.mask_rate * s.video_text_len
+  lm_head = masked * 2.0 * d * m.vocab_size
+  return {'vit': vit, 'joint': joint, 'resnet': n_frames * _resnet_flops(m), 'langonly': lang, 'lm_head': lm_head}
+
+
+def model_flops_per_example(config: ml_collections.ConfigDict, *, train: bool = True) -> float:
+  """Matmul/conv FLOPs per example; training counts 3x the forward (forward + 2x backward)."""
+  forward = sum(flops_breakdown(config).values())
+  return 3.0 * forward if train else forward
+
+
+def check_finite(step: int, metrics: Mapping[str, float]) -> None:
+  """Raises NonFiniteError naming `step` and the first non-finite loss metric."""
+  for name, value in metrics.items():
+    if 'loss' in name and not math.isfinite(value):
+      raise NonFiniteError(f'step {step}: metric {name!r} is {value}; stopping (the last checkpoint '
+                           'precedes it)')
+
+
+class MetricsLogger:
+  """Collects each step's device metrics without blocking; `flush()` fetches them, checks every step
+  for NaN/inf (naming the step), and writes the interval's mean as one log line and TensorBoard scalars.
+
+  Call `flush()` at each log interval and before saving a checkpoint, so a checkpoint never holds
+  parameters from after a non-finite loss.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, total_steps: int,
+               start_step: int, peak_flops_per_device: float | None = None, num_devices: int = 1,
+               progress: bool = True,
+               name: str = 'train'):
+    self.batch_size = config.train.global_batch_size
+    self.flops_per_example = model_flops_per_example(config)
+    self.peak = None if peak_flops_per_device is None else peak_flops_per_device * num_devices
+    self.primary = jax.process_index() == 0
+    self.writer = tf.summary.create_file_writer(str(pathlib.Path(workdir) / name)) if self.primary else None
+    self.bar = tqdm.tqdm(total=total_steps, initial=start_step, disable=not (progress and self.primary),
+                         dynamic_ncols=True)
+    self.pending: list[tuple[int, dict[str, jax.Array]]] = []
+    self.last_time, self.last_step = time.time(), start_step
+
+  def record(self, step: int, metrics: Mapping[str, jax.Array]) -> None:
+    """`step` is the step the metrics belong to (1-based: the state's step after the update)."""
+    self.pending.append((step, dict(metrics)))
+    self.bar.update(1)
+
+  def flush(self) -> dict[str, float]:
+    """Writes the pending interval; returns its mean metrics (empty if nothing was pending)."""
+    if not self.pending:
+      return {}
+    fetched = [(s, {k: float(v) for k, v in jax.device_get(m).items()}) for s, m in self.pending]
+    self.pending = []
+    for s, m in fetched:
+      check_finite(s, m)
+    step = fetched[-1][0]
+    now = time.time()
+    steps, seconds = step - self.last_step, max(now - self.last_time, 1e-9)
+    self.last_time, self.last_step = now, step
+    mean = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[-1][1]}
+    mean['examples_per_sec'] = steps * self.batch_size / seconds
+    mean['steps_per_sec'] = steps / seconds
+    mean['tflops_per_sec'] = mean['examples_per_sec'] * self.flops_per_example / 1e12
+    if self.peak:
+      mean['mfu'] = mean['tflops_per_sec'] * 1e12 / self.peak
+    self.write(step, mean)
+    return mean
+
+  def write(self, step: int, scalars: Mapping[str, float], prefix: str = '') -> None:
+    if not self.primary:
+      return
+    logging.info('step %d | %s', step, ' '.join(f'{prefix}{k}={_fmt(v)}' for k, v in sorted(scalars.items())))
+    with self.writer.as_default(step=step):
+      for k, v in scalars.items():
+        tf.summary.scalar(prefix + k, v)
+    self.writer.flush()
+    self.bar.set_postfix(loss=scalars.get('loss', float('nan')), refresh=False)
+
+  def close(self) -> None:
+    self.bar.close()
+    if self.writer is not None:
+      self.writer.close()
+
+
+def _fmt(v: float) -> str:
+  return f'{v:.4g}' if abs(v) < 1e4 else f'{v:.3e}'

@@ -1,0 +1,98 @@
+"""Pure, jitted train and eval steps with explicit shardings, and host batches -> global arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from merlot_jax import sharding
+from merlot_jax.train.loss import pretraining_loss
+from merlot_jax.train.optim import learning_rate_schedule
+from merlot_jax.train.state import TrainState, merge
+
+BATCH_KEYS = ('images', 'input_ids', 'video_src_ids', 'image_index')
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+def batch_shardings(mesh: Mesh, config: ml_collections.ConfigDict) -> dict[str, NamedSharding]:
+  ndims = {'images': 5, 'input_ids': 3, 'video_src_ids': 2, 'image_index': 2}
+  return {k: sharding.batch_sharding(mesh, ndims[k]) for k in BATCH_KEYS}
+
+
+def global_batch(local: Mapping[str, np.ndarray], shardings: Mapping[str, NamedSharding]) -> Batch:
+  """This host's numpy batch -> global jax arrays sharded over ('data', 'fsdp'). Extra keys
+  (e.g. the pipeline's 'skipped') are dropped."""
+  missing = [k for k in BATCH_KEYS if k not in local]
+  if missing:
+    raise KeyError(f'batch lacks {missing}; it has {sorted(local)}')
+  return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(local[k])) for k in BATCH_KEYS}
+
+
+def _l2_norm(tree) -> jax.Array:
+  return optax.global_norm(jax.tree.map(lambda x: x.astype(jnp.float32), tree))
+
+
+def make_train_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                    mesh: Mesh, state_shardings: TrainState
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+  """train_step(state, batch) -> (state, metrics); the input state is donated.
+
+  Metrics: the loss terms of `pretraining_loss` plus grad_norm, param_norm and learning_rate
+  (the rate this step used).
+  """
+  schedule = learning_rate_schedule(config.optim.learning_rate, config.optim.warmup_steps,
+                                    config.train.total_steps)
+
+  def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    rng = jax.random.fold_in(state.rng, state.step)
+
+    def loss_fn(params):
+      return pretraining_loss(merge(graphdef, params), batch, rng, config, train=True)
+
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {**metrics, 'grad_norm': _l2_norm(grads), 'param_norm': _l2_norm(params),
+               'learning_rate': schedule(state.step)}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  replicated = NamedSharding(mesh, PartitionSpec())
+  jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_shardings(mesh, config)),
+                   out_shardings=(state_shardings, replicated), donate_argnums=0)
+
+  def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    chex.assert_rank(batch['images'], 5)
+    with jax.set_mesh(mesh):
+      return jitted(state, batch)
+
+  return step
+
+
+def make_eval_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, mesh: Mesh,
+                   state_shardings: TrainState) -> Callable[[TrainState, Batch], Metrics]:
+  """eval_step(state, batch) -> metrics of `pretraining_loss` without dropout; the masking RNG is
+  fixed (folded from the state's rng with -1), so the same batch always gives the same numbers."""
+
+  def eval_step(state: TrainState, batch: Batch) -> Metrics:
+    rng = jax.random.fold_in(state.rng, 2**31 - 1)  # a stream no train step uses (steps < 2^31 - 1)
+    _, metrics = pretraining_loss(merge(graphdef, state.params), batch, rng, config, train=False)
+    return metrics
+
+  replicated = NamedSharding(mesh, PartitionSpec())
+  jitted = jax.jit(eval_step, in_shardings=(state_shardings, batch_shardings(mesh, config)),
+                   out_shardings=replicated)
+
+  def step(state: TrainState, batch: Batch) -> Metrics:
+    with jax.set_mesh(mesh):
+      return jitted(state, batch)
+
+  return step

@@ -1,0 +1,29 @@
+"""Subprocess entry for the resume tests: trains the micro config on synthetic batches.
+
+usage: run_training.py WORKDIR TOTAL_STEPS CHECKPOINT_EVERY; prints 'final <step> <loss>' at the end.
+"""
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from merlot_jax.train import loop  # noqa: E402
+from tests.train.batches import micro_config, synthetic_batches  # noqa: E402
+
+
+def main(workdir: str, total_steps: str, every: str) -> None:
+  config = micro_config(data=2, fsdp=2, tensor=2)
+  config.train.total_steps, config.train.checkpoint_every = int(total_steps), int(every)
+  config.train.log_every = 1
+  state = loop.train(config, workdir, lambda start, _: synthetic_batches(config, 8, start_step=start),
+                     progress=False)
+  checksum = sum(float(np.abs(np.asarray(x, np.float64)).sum()) for x in jax.tree.leaves(state.params))
+  print('final', int(state.step), repr(checksum), flush=True)
+
+
+if __name__ == '__main__':
+  main(*sys.argv[1:])

@@ -1,0 +1,78 @@
+"""State creation, the train step (overfitting a batch) and equality of one step across meshes."""
+
+import jax
+import numpy as np
+import pytest
+
+from merlot_jax import sharding
+from merlot_jax.train import optim, state as state_lib, step as step_lib
+from tests.train.batches import micro_config, synthetic_batch
+
+
+def _setup(config, devices=None):
+  mesh = sharding.make_mesh(config.mesh, devices)
+  tx = optim.make_optimizer(config.optim, config.train.total_steps)
+  graphdef, state, shardings = state_lib.create_train_state(config, mesh, tx)
+  return mesh, graphdef, state, shardings, tx
+
+
+def test_state_is_created_sharded():
+  config = micro_config(data=2, fsdp=4, tensor=1)
+  _, _, state, shardings, _ = _setup(config)
+  for leaf, sh in zip(jax.tree.leaves(state), jax.tree.leaves(shardings)):
+    assert leaf.sharding == sh
+  fsdp = [leaf for leaf in jax.tree.leaves(state.params) if 'fsdp' in str(leaf.sharding.spec)]
+  assert fsdp, 'no parameter is sharded over fsdp'
+  assert int(state.step) == 0
+
+
+def test_overfits_a_fixed_batch():
+  config = micro_config(data=1, fsdp=1, tensor=1)
+  mesh, graphdef, state, shardings, tx = _setup(config, jax.devices()[:1])
+  train_step = step_lib.make_train_step(config, graphdef, tx, mesh, shardings)
+  batch = step_lib.global_batch(synthetic_batch(config, 8, seed=0), step_lib.batch_shardings(mesh, config))
+  losses = []
+  for _ in range(30):
+    state, metrics = train_step(state, batch)
+    losses.append(float(metrics['loss']))
+  assert int(state.step) == 30
+  assert np.isfinite(losses).all()
+  assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:3]), losses
+  assert float(metrics['grad_norm']) > 0 and float(metrics['param_norm']) > 0
+  np.testing.assert_allclose(float(metrics['learning_rate']),
+                             optim.learning_rate_schedule(3e-3, 1, 100)(29), rtol=1e-6)
+
+
+MESHES = [(8, 1, 1), (2, 4, 1), (1, 4, 2), (2, 2, 2)]
+
+
+def _one_step(config, devices, host_state, batch):
+  mesh = sharding.make_mesh(config.mesh, devices)
+  tx = optim.make_optimizer(config.optim, config.train.total_steps)
+  graphdef, _, shardings = state_lib.state_shardings(config, mesh, tx)
+  state = jax.device_put(host_state, shardings)
+  train_step = step_lib.make_train_step(config, graphdef, tx, mesh, shardings)
+  state, metrics = train_step(state, step_lib.global_batch(batch, step_lib.batch_shardings(mesh, config)))
+  return jax.device_get(state.params), float(metrics['loss'])
+
+
+def test_one_step_is_the_same_on_every_mesh():
+  base = micro_config(data=1, fsdp=1, tensor=1)
+  batch = synthetic_batch(base, 8, seed=1)
+  _, _, state, _, _ = _setup(base, jax.devices()[:1])
+  host_state = jax.device_get(state)
+  ref_params, ref_loss = _one_step(base, jax.devices()[:1], host_state, batch)
+  for data, fsdp, tensor in MESHES:
+    params, loss = _one_step(micro_config(data=data, fsdp=fsdp, tensor=tensor), None, host_state, batch)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5, err_msg=f'mesh {(data, fsdp, tensor)}')
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6,
+                                                         err_msg=f'mesh {(data, fsdp, tensor)}'), params, ref_params)
+
+
+def test_global_batch_names_missing_keys():
+  config = micro_config(data=1, fsdp=1, tensor=1)
+  mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+  batch = synthetic_batch(config, 2, seed=0)
+  del batch['image_index']
+  with pytest.raises(KeyError, match='image_index'):
+    step_lib.global_batch(batch, step_lib.batch_shardings(mesh, config))
