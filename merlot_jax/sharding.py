@@ -58,7 +58,7 @@ def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int] | N
                     mesh: Mesh | jax.sharding.AbstractMesh | None = None) -> PartitionSpec:
   """PartitionSpec for logical axis names; with shape and mesh, a dimension the mesh axes do not
   divide evenly stays replicated (e.g. the GPT-2 vocab of 50370 on a 4-way tensor axis)."""
-  spec = []
+  spec, used = [], set()
   for i, name in enumerate(logical_axes):
     if name is not None and name not in LOGICAL_RULES:
       raise KeyError(f'logical axis {name!r} has no rule in sharding.LOGICAL_RULES')
@@ -66,6 +66,11 @@ def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int] | N
     if axes is not None and shape is not None and mesh is not None:
       if shape[i] % _mesh_axes_size(mesh, axes):
         axes = None
+    if axes is not None:  # a mesh axis can shard one dimension only: ('batch', 'seq', 'embed') -> embed replicated
+      names = {axes} if isinstance(axes, str) else set(axes)
+      if names & used:
+        axes = None
+      used |= names
     spec.append(axes)
   return PartitionSpec(*spec)
 

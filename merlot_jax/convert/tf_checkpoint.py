@@ -140,7 +140,12 @@ def convert_variables(tf_vars: Mapping[str, np.ndarray], model: nnx.Module) -> N
   if not problems:
     for path, src in mapping.items():
       arrays = [np.asarray(tf_vars[n]) for n in src.names]
-      value = src.transform(np.stack(arrays) if src.stacked else arrays[0])
+      try:
+        value = src.transform(np.stack(arrays) if src.stacked else arrays[0])
+      except (ValueError, IndexError):  # per-layer shapes differ, or too few dimensions for the transform
+        problems.append(f'{", ".join(f"{n} {a.shape}" for n, a in zip(src.names, arrays, strict=True))}: cannot be '
+                        f'converted, model {_fmt(path)} expects {tuple(ours[path].shape)}')
+        continue
       if value.shape != tuple(ours[path].shape):
         problems.append(f'{src.names[0]}: shape {value.shape} after conversion, model {_fmt(path)} '
                         f'expects {tuple(ours[path].shape)}')
