@@ -10,15 +10,19 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from merlot_jax.config import validate  # noqa: E402
 from merlot_jax.data.pipeline import make_dataset  # noqa: E402
 from merlot_jax.train import loop  # noqa: E402
+from merlot_jax.train.checkpoint import as_path  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'config file (configs/*.py)', lock_config=False)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'checkpoints, TensorBoard events and config.json go here')
+_DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'multi-host run (TPU pod): jax.distributed.initialize() '
+                                  'with the coordinator auto-detected')
 _PEAK = flags.DEFINE_float('peak_tflops_per_device', None, 'accelerator peak TFLOP/s per device, for MFU')
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -26,19 +30,22 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv) -> None:
   del argv
   logging.getLogger().setLevel(logging.INFO)
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
   config = validate(_CONFIG.value)
   d = config.data
   if not d.train_pattern:
     raise app.UsageError('config.data.train_pattern is empty: point it at the corpus shards '
                          '(scripts/make_synthetic_corpus.py writes a built-in one)')
-  workdir = pathlib.Path(_WORKDIR.value)
-  workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / 'config.json').write_text(config.to_json(indent=1))
+  workdir = as_path(_WORKDIR.value)
+  if jax.process_index() == 0:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / 'config.json').write_text(config.to_json(indent=1))
   train = lambda start, position: make_dataset(config, d.train_pattern, train=True, seed=d.seed,
                                                start_step=start, start_position=position)
   evaluate = None
   if d.eval_pattern:
-    evaluate = lambda: make_dataset(config, d.eval_pattern, train=False, seed=d.seed)
+    evaluate = lambda: make_dataset(config, d.eval_pattern, train=False, seed=d.seed, shuffle_frames=True)
   peak = None if _PEAK.value is None else _PEAK.value * 1e12
   loop.train(config, workdir, train, eval_batches_factory=evaluate, peak_flops_per_device=peak)
 

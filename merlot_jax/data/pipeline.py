@@ -248,7 +248,7 @@ def _require(ok: tf.Tensor, problem: str, path: tf.Tensor) -> None:
 
 
 def _parse(path: tf.Tensor, record: tf.Tensor, position: tf.Tensor, key: tf.Tensor,
-           config: ml_collections.ConfigDict, train: bool) -> dict[str, tf.Tensor]:
+           config: ml_collections.ConfigDict, train: bool, shuffle_frames: bool) -> dict[str, tf.Tensor]:
   """One serialized example -> unbatched features (fails on corrupt data; the caller drops failures)."""
   m, data, o = config.model, config.data, config.objectives
   n, length = m.num_segments, m.segment_length
@@ -279,7 +279,7 @@ def _parse(path: tf.Tensor, record: tf.Tensor, position: tf.Tensor, key: tf.Tens
     rank = tf.argsort(tf.random.stateless_uniform([n], k_segments))
     order = tf.argsort(tf.gather(rank, video_src_ids) * n + tf.range(n))
     images, input_ids, video_src_ids = (tf.gather(x, order) for x in (images, input_ids, video_src_ids))
-  if train:
+  if shuffle_frames:
     image_index = sample_image_index(k_index, n, m.segments_per_group, o.image_shuffle_prob,
                                      o.shuffled_index_offset)
   else:
@@ -366,7 +366,8 @@ class DataIterator(Iterator[dict[str, np.ndarray]]):
 
 def make_dataset(config: ml_collections.ConfigDict, pattern: str, *, train: bool, seed: int,
                  process_index: int | None = None, process_count: int | None = None, start_step: int = 0,
-                 start_position: int | None = None, num_parallel_calls: int | None = None) -> DataIterator:
+                 start_position: int | None = None, num_parallel_calls: int | None = None,
+                 shuffle_frames: bool | None = None) -> DataIterator:
   """Per-host batches of global_batch_size // process_count examples from the records at `pattern`.
 
   train: endless, shuffled, augmented; otherwise one pass (shards interleaved in a fixed order),
@@ -374,7 +375,10 @@ def make_dataset(config: ml_collections.ConfigDict, pattern: str, *, train: bool
   Hosts default to jax.process_index() / jax.process_count(). Resuming: `start_position` (the saved
   `DataIterator.position`) or else start_step * batch size records are skipped; see the module doc.
   num_parallel_calls: examples decoded at once (default: tf.data autotuning).
+  shuffle_frames: sample shuffled image indices for the temporal objective (default: `train`); an
+  evaluation of the temporal objective wants them too, deterministic from (seed, position).
   """
+  shuffle_frames = train if shuffle_frames is None else shuffle_frames
   if process_index is None or process_count is None:
     import jax
     process_index, process_count = jax.process_index(), jax.process_count()
@@ -411,7 +415,7 @@ def make_dataset(config: ml_collections.ConfigDict, pattern: str, *, train: bool
   @tf.autograph.experimental.do_not_convert  # plain TF ops only; skipping autograph saves tracing time
   def parse(position, elem):
     key = tf.random.experimental.stateless_fold_in(host_key, position)
-    return _parse(elem[0], elem[1], position, key, config, train)
+    return _parse(elem[0], elem[1], position, key, config, train, shuffle_frames)
 
   ds = ds.map(parse, num_parallel_calls=parallel, deterministic=True).ignore_errors(log_warning=True)
   ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)

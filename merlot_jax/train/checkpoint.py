@@ -8,20 +8,28 @@ temporary directory and renames it when complete, so a crash never leaves a half
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 
 from merlot_jax.config import validate
 
 
+def as_path(path: str | os.PathLike) -> epath.Path:
+  """A local (made absolute, as Orbax wants) or remote (gs://...) path; pathlib would mangle 'gs://'."""
+  text = os.fspath(path)
+  return epath.Path(text if '://' in text else os.path.abspath(text))
+
+
 def save_params(directory: str | pathlib.Path, model: nnx.Module, config: ml_collections.ConfigDict) -> None:
-  directory = pathlib.Path(directory).absolute()
+  directory = as_path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   params = nnx.state(model, nnx.Param).to_pure_dict()
   with ocp.StandardCheckpointer() as checkpointer:
@@ -32,7 +40,7 @@ def save_params(directory: str | pathlib.Path, model: nnx.Module, config: ml_col
 
 
 def load_config_json(directory: str | pathlib.Path) -> ml_collections.ConfigDict:
-  path = pathlib.Path(directory) / 'config.json'
+  path = as_path(directory) / 'config.json'
   if not path.is_file():
     raise FileNotFoundError(f'{path} is missing: not a merlot_jax params checkpoint')
   return validate(ml_collections.ConfigDict(json.loads(path.read_text())))
@@ -40,7 +48,7 @@ def load_config_json(directory: str | pathlib.Path) -> ml_collections.ConfigDict
 
 def restore_params(directory: str | pathlib.Path, model: nnx.Module) -> None:
   """Restores the parameters saved by `save_params` into `model`, in the shardings its params have."""
-  directory = pathlib.Path(directory).absolute()
+  directory = as_path(directory)
   if not (directory / 'params').is_dir():
     raise FileNotFoundError(f'{directory / "params"} is missing: not a merlot_jax params checkpoint')
   state = nnx.state(model, nnx.Param)
@@ -68,7 +76,7 @@ class TrainCheckpointer:
   def __init__(self, directory: str | pathlib.Path, *, every: int, keep: int):
     if every < 1 or keep < 1:
       raise ValueError(f'train.checkpoint_every = {every} and train.keep_checkpoints = {keep}: both must be >= 1')
-    self.directory = pathlib.Path(directory).absolute()
+    self.directory = as_path(directory)
     options = ocp.CheckpointManagerOptions(save_interval_steps=every, max_to_keep=keep, create=True,
                                            enable_async_checkpointing=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=('state', 'data'))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import pathlib
 import signal
+import sys
 from collections.abc import Callable, Iterator, Sequence
 
 import jax
@@ -17,7 +18,10 @@ import ml_collections
 import numpy as np
 
 from merlot_jax import sharding
-from merlot_jax.train import checkpoint, metrics as metrics_lib, optim, state as state_lib, step as step_lib
+from merlot_jax.train import checkpoint, optim
+from merlot_jax.train import metrics as metrics_lib
+from merlot_jax.train import state as state_lib
+from merlot_jax.train import step as step_lib
 
 # (start_step, start_position or None) -> this host's numpy batches from that point on.
 BatchesFactory = Callable[[int, int | None], Iterator[dict[str, np.ndarray]]]
@@ -46,12 +50,23 @@ def evaluate(eval_step, state: state_lib.TrainState, batches: Iterator[dict[str,
              shardings: dict, num_batches: int) -> dict[str, float]:
   """Mean of eval_step metrics over up to `num_batches` batches (fewer if the iterator ends)."""
   results = []
-  for _, local in zip(range(num_batches), batches):
+  for _, local in zip(range(num_batches), batches, strict=False):
     results.append(eval_step(state, step_lib.global_batch(local, shardings)))
   if not results:
     raise ValueError('the eval iterator yielded no batches')
   fetched = jax.device_get(results)
   return {k: float(np.mean([r[k] for r in fetched])) for k in fetched[0]}
+
+
+def evaluate_state(config: ml_collections.ConfigDict, state: state_lib.TrainState,
+                   batches: Iterator[dict[str, np.ndarray]], num_batches: int | None = None) -> dict[str, float]:
+  """Mean eval metrics of a (final) train state over `batches` (all of them by default)."""
+  mesh = sharding.make_mesh(config.mesh)
+  graphdef, _, shardings = state_lib.state_shardings(config, mesh, optim.make_optimizer(config.optim,
+                                                                                           config.train.total_steps))
+  eval_step = step_lib.make_eval_step(config, graphdef, mesh, shardings)
+  return evaluate(eval_step, state, batches, step_lib.batch_shardings(mesh, config),
+                  sys.maxsize if num_batches is None else num_batches)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, batches_factory: BatchesFactory, *,
@@ -64,7 +79,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, batche
   fresh `eval_batches_factory()` iterator. `devices` default to all. Returns the final state (also saved).
   """
   t = config.train
-  workdir = pathlib.Path(workdir)
+  workdir = checkpoint.as_path(workdir)
   mesh = sharding.make_mesh(config.mesh, devices)
   tx = optim.make_optimizer(config.optim, t.total_steps)
   graphdef, abstract, shardings = state_lib.state_shardings(config, mesh, tx)

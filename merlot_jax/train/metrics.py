@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import pathlib
 import time
 from collections.abc import Mapping
@@ -94,7 +95,7 @@ class MetricsLogger:
     self.flops_per_example = model_flops_per_example(config)
     self.peak = None if peak_flops_per_device is None else peak_flops_per_device * num_devices
     self.primary = jax.process_index() == 0
-    self.writer = tf.summary.create_file_writer(str(pathlib.Path(workdir) / name)) if self.primary else None
+    self.writer = tf.summary.create_file_writer(os.path.join(os.fspath(workdir), name)) if self.primary else None
     self.bar = tqdm.tqdm(total=total_steps, initial=start_step, disable=not (progress and self.primary),
                          dynamic_ncols=True)
     self.pending: list[tuple[int, dict[str, jax.Array]]] = []

@@ -46,7 +46,7 @@ def install(st: types.SimpleNamespace) -> str:
 
 
 def pretrain_argv(st: types.SimpleNamespace) -> list[str]:
-  argv = ['.venv/bin/python', 'scripts/pretrain.py', '--config', st.config, '--workdir', st.workdir]
+  argv = ['.venv/bin/python', 'scripts/pretrain.py', '--distributed', '--config', st.config, '--workdir', st.workdir]
   if st.train_pattern:
     argv.append(f'--config.data.train_pattern={st.train_pattern}')
   if st.eval_pattern:

@@ -1,0 +1,105 @@
+"""After a pretraining run: a PNG of the training curves and a summary of held-out accuracy vs chance.
+
+Chance levels come from the held-out batches themselves: retrieval picks 1 of the global batch's
+segments; masked LM is compared with always predicting the most frequent real token; temporal
+ordering with always predicting the most frequent pair label (weighted as the loss weights pairs).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import pathlib
+from collections.abc import Iterable, Mapping
+
+import ml_collections
+import numpy as np
+
+from merlot_jax import objectives
+
+PLOTTED = (('loss', 'total loss'), ('mlm/loss', 'masked LM loss'), ('contrastive/loss', 'contrastive loss'),
+           ('temporal/loss', 'temporal loss'), ('mlm/acc', 'masked LM accuracy'),
+           ('contrastive/lang_to_viz_acc', 'transcript->frame retrieval accuracy'),
+           ('temporal/lang_viz_acc', 'transcript-frame order accuracy'),
+           ('temporal/viz_viz_acc', 'frame-frame order accuracy'))
+
+
+def read_scalars(event_dir: str | pathlib.Path) -> dict[str, list[tuple[int, float]]]:
+  """All scalars of a TensorBoard event directory as {tag: [(step, value), ...]}, sorted by step."""
+  from tensorboard.backend.event_processing import event_accumulator  # noqa: PLC0415 - only for reports
+
+  acc = event_accumulator.EventAccumulator(str(event_dir), size_guidance={event_accumulator.TENSORS: 0})
+  acc.Reload()
+  out = {}
+  for tag in acc.Tags().get('tensors', []):
+    out[tag] = sorted((e.step, float(np.asarray(_tensor_value(e.tensor_proto)))) for e in acc.Tensors(tag))
+  return out
+
+
+def _tensor_value(proto) -> np.ndarray:
+  import tensorflow as tf  # noqa: PLC0415
+
+  return tf.make_ndarray(proto)
+
+
+def plot_curves(scalars: Mapping[str, list[tuple[int, float]]], path: str | pathlib.Path) -> None:
+  import matplotlib  # noqa: PLC0415
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  shown = [(tag, title) for tag, title in PLOTTED if tag in scalars]
+  cols = 4
+  rows = max(1, -(-len(shown) // cols))
+  fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+  for ax, (tag, title) in zip(axes.flat, shown, strict=False):
+    steps, values = zip(*scalars[tag], strict=True)
+    ax.plot(steps, values, label='train')
+    if f'eval/{tag}' in scalars:
+      ax.plot(*zip(*scalars[f'eval/{tag}'], strict=True), 'o-', label='held-out')
+      ax.legend()
+    ax.set_title(title)
+    ax.set_xlabel('step')
+  for ax in list(axes.flat)[len(shown):]:
+    ax.axis('off')
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def chance_levels(batches: Iterable[Mapping[str, np.ndarray]], config: ml_collections.ConfigDict) -> dict[str, float]:
+  """Accuracy of the best constant guess on these batches, for each accuracy the loss reports."""
+  m, o = config.model, config.objectives
+  tokens, labels, weights = collections.Counter(), [], []
+  for b in batches:
+    ids = b['input_ids'][..., 1:].reshape(-1)
+    tokens.update(ids[ids >= objectives.NUM_SPECIAL_IDS].tolist())
+    groups = b['video_src_ids'].reshape(-1, m.segments_per_group)
+    labels.append(np.asarray(objectives.temporal_labels(groups)))
+    weights.append(np.asarray(objectives.temporal_pair_weights(
+        b['image_index'].reshape(-1, m.segments_per_group), o.temporal_pair_weighting, o.temporal_easy_weight,
+        o.shuffled_index_offset)))
+  labels, weights = np.concatenate(labels), np.concatenate(weights)
+  per_class = [weights[labels == c].sum() for c in range(4)]
+  return {'contrastive/lang_to_viz_acc': 1.0 / (config.train.global_batch_size * m.num_segments),
+          'mlm/acc': max(tokens.values()) / sum(tokens.values()),
+          'temporal/lang_viz_acc': max(per_class) / weights.sum(),
+          'temporal/viz_viz_acc': max(per_class) / weights.sum()}
+
+
+def write_summary(workdir: str | pathlib.Path, scalars: Mapping[str, list[tuple[int, float]]],
+                  heldout: Mapping[str, float], chance: Mapping[str, float]) -> str:
+  """summary.txt (human) and summary.json (machine) in workdir; returns the text."""
+  loss = scalars['loss']
+  lines = [f'training loss: {loss[0][1]:.4f} at step {loss[0][0]} -> {loss[-1][1]:.4f} at step {loss[-1][0]}',
+           'held-out accuracy (chance = best constant guess on the same batches):']
+  for tag, title in PLOTTED:
+    if tag in chance:
+      lines.append(f'  {title:40s} {heldout[tag]:.3f}   chance {chance[tag]:.3f}')
+  text = '\n'.join(lines) + '\n'
+  workdir = pathlib.Path(workdir)
+  (workdir / 'summary.txt').write_text(text)
+  (workdir / 'summary.json').write_text(json.dumps({
+      'train_loss_first': loss[0], 'train_loss_last': loss[-1], 'heldout': dict(heldout), 'chance': dict(chance)},
+      indent=1))
+  return text

@@ -1,0 +1,74 @@
+"""The built-in CPU pretraining run behind `make pretrain`; every stage is skipped when its output exists.
+
+  synthetic story videos -> SentencePiece tokenizer -> preprocessed corpus (train + held-out)
+  -> pretraining (configs/demo.py; resumes) -> held-out evaluation -> curves.png + summary.txt
+
+  python scripts/run_demo.py --workdir workdir/demo [--videos 300] [--config.train.total_steps=100]
+"""
+
+import logging
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from merlot_jax.config import validate  # noqa: E402
+from merlot_jax.data import corpus, synthetic  # noqa: E402
+from merlot_jax.data.pipeline import make_dataset  # noqa: E402
+from merlot_jax.data.tokenizer import load_tokenizer, train_sentencepiece  # noqa: E402
+from merlot_jax.train import loop, report  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file('config', 'configs/demo.py', 'config file', lock_config=False)
+_WORKDIR = flags.DEFINE_string('workdir', 'workdir/demo', 'everything the run makes goes here')
+_VIDEOS = flags.DEFINE_integer('videos', 300, 'synthetic videos (10% held out)')
+_SEED = flags.DEFINE_integer('seed', 0, 'synthetic corpus seed')
+_VOCAB = flags.DEFINE_integer('vocab_size', 400, 'SentencePiece pieces (soft limit)')
+
+
+def prepare_data(config, root: pathlib.Path) -> None:
+  """Corpus videos, tokenizer and preprocessed shards under root (kept between runs)."""
+  videos = root / 'synthetic'
+  if not (videos / 'synthetic.json').is_file():
+    logging.info('writing %d synthetic videos to %s', _VIDEOS.value, videos)
+    synthetic.make_corpus(videos, _VIDEOS.value, _SEED.value)
+  spm = root / 'tokenizer' / 'spm.model'
+  if not spm.is_file():
+    train_sentencepiece([videos / 'narration.txt'], spm.with_suffix(''), _VOCAB.value, model_type='bpe')
+  options = corpus.Options(num_segments=config.model.num_segments, segment_tokens=config.model.segment_length,
+                           videos_per_shard=32)
+  for split in ('train', 'heldout'):
+    manifest = corpus.write_corpus(str(videos / 'videos' / split), str(root / 'corpus' / split), str(spm), options)
+    logging.info('%s corpus: %d examples from %d videos (%d skipped)', split, manifest['examples'],
+                 manifest['videos'], len(manifest['skipped_videos']))
+
+
+def main(argv) -> None:
+  del argv
+  logging.getLogger().setLevel(logging.INFO)
+  root = pathlib.Path(_WORKDIR.value)
+  config = _CONFIG.value
+  prepare_data(config, root)
+  config.model.vocab_size = load_tokenizer(root / 'tokenizer' / 'spm.model').vocab_size
+  config.data.train_pattern = str(root / 'corpus' / 'train' / 'train-*.tfrecord')
+  config.data.eval_pattern = str(root / 'corpus' / 'heldout' / 'train-*.tfrecord')
+  config = validate(config)
+  d = config.data
+  heldout = lambda: make_dataset(config, d.eval_pattern, train=False, seed=d.seed, shuffle_frames=True)
+  state = loop.train(
+      config, root / 'run',
+      lambda start, position: make_dataset(config, d.train_pattern, train=True, seed=d.seed, start_step=start,
+                                           start_position=position),
+      eval_batches_factory=heldout)
+  scalars = report.read_scalars(root / 'run' / 'train')  # training and periodic eval/ scalars
+  results = loop.evaluate_state(config, state, heldout())
+  chance = report.chance_levels(heldout(), config)
+  report.plot_curves(scalars, root / 'curves.png')
+  print(report.write_summary(root, scalars, results, chance))
+  print(f'curves: {root / "curves.png"}; summary: {root / "summary.txt"}')
+
+
+if __name__ == '__main__':
+  app.run(main)
