@@ -33,6 +33,7 @@ def segment_first_tokens(x: jax.Array, num_segments: int) -> jax.Array:
   return einops.rearrange(x, 'g (n c) d -> g n c d', n=num_segments)[:, :, 0]
 
 
+@jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class JointOutput:
   """The joint encoder over groups: g = batch * N / n groups, P visual and L language tokens each."""
@@ -45,6 +46,7 @@ class JointOutput:
   attention: jax.Array | None  # [g, layers, P + L, P + L] head-averaged probabilities
 
 
+@jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class LanguageOnlyOutput:
   hidden: jax.Array  # [batch, N * segment_length, hidden] (one sequence per video)
@@ -52,6 +54,7 @@ class LanguageOnlyOutput:
   attention: jax.Array | None  # [batch, layers, T, T]
 
 
+@jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class MerlotOutput:
   """What a notebook wants from a forward pass (per-segment representations and hidden states)."""

@@ -28,6 +28,7 @@ class PositionTable2D(nnx.Module):
     return jnp.concatenate([self.cls[...], grid], axis=0)
 
 
+@jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class VisionOutput:
   cls: jax.Array  # [n, num_cls, hidden]; CLS 0 feeds the joint encoder, CLS 1 is the contrastive target

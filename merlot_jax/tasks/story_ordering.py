@@ -35,8 +35,8 @@ from flax import nnx
 
 from merlot_jax.config import ConfigError, validate
 from merlot_jax.models.merlot import MerlotModel
+from merlot_jax.pretrained import load_pretrained
 from merlot_jax.tasks.story_data import STORY_LENGTH
-from merlot_jax.train.checkpoint import load_config_json, restore_params
 
 UNKNOWN_INDEX_OFFSET = 64
 NUM_INDEX_DRAWS = 2
@@ -55,11 +55,9 @@ def story_config(config: ml_collections.ConfigDict, length: int = STORY_LENGTH,
 
 
 def load_story_model(checkpoint: str | pathlib.Path) -> tuple[MerlotModel, ml_collections.ConfigDict]:
-  """(model, config): story_config of a params checkpoint's config, and the model with its parameters."""
-  config = story_config(load_config_json(checkpoint))
-  model = nnx.eval_shape(lambda: MerlotModel(config.model, rngs=nnx.Rngs(params=0)))
-  restore_params(checkpoint, model)
-  return model, config
+  """(model, config): story_config of a checkpoint's config (params checkpoint or training workdir, see
+  merlot_jax.pretrained), and the model with its parameters."""
+  return load_pretrained(checkpoint, config_fn=story_config)
 
 
 def unknown_image_index(rng: np.random.Generator, batch: int, num_draws: int = NUM_INDEX_DRAWS,

@@ -43,7 +43,13 @@ def load_config_json(directory: str | pathlib.Path) -> ml_collections.ConfigDict
   path = as_path(directory) / 'config.json'
   if not path.is_file():
     raise FileNotFoundError(f'{path} is missing: not a merlot_jax params checkpoint')
-  return validate(ml_collections.ConfigDict(json.loads(path.read_text())))
+  return validate(ml_collections.ConfigDict(json.loads(path.read_text(), object_hook=_lists_to_tuples)))
+
+
+def _lists_to_tuples(obj: dict) -> dict:
+  """JSON has no tuples; configs use them (image_size, resnet_blocks, ...), and jit's static hashing
+  of the config would otherwise see a different config and recompile."""
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in obj.items()}
 
 
 def restore_params(directory: str | pathlib.Path, model: nnx.Module) -> None:

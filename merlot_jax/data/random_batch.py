@@ -1,0 +1,41 @@
+"""Random pretraining batches with the pipeline's keys, shapes and structure (no corpus, no tf.data).
+
+For benchmarks, ahead-of-time compiles and tests: START at each segment start, a 0-padded tail, two
+videos per example, and image_index 0..n-1 per group with every other group shuffled (offset + a
+permutation), so every objective has work to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import ml_collections
+import numpy as np
+
+from merlot_jax.data.tokenizer import NUM_SPECIAL, START
+
+
+def random_batch(config: ml_collections.ConfigDict, batch_size: int, seed: int) -> dict[str, np.ndarray]:
+  m, o = config.model, config.objectives
+  rng = np.random.default_rng(seed)
+  n_seg, t, n = m.num_segments, m.segment_length, m.segments_per_group
+  h, w = m.image_size
+  ids = rng.integers(NUM_SPECIAL, m.vocab_size, (batch_size, n_seg, t), dtype=np.int32)
+  ids[:, :, 0] = START
+  lengths = rng.integers(2, t + 1, (batch_size, n_seg))
+  ids[np.arange(t)[None, None, :] >= lengths[..., None]] = 0
+  video = (np.arange(n_seg) >= n_seg // 2).astype(np.int32)
+  index = np.tile(np.arange(n, dtype=np.int32), (batch_size, n_seg // n, 1))
+  index[:, 1::2] = o.shuffled_index_offset + rng.permuted(index[:, 1::2], axis=-1)
+  return {'images': rng.integers(0, 256, (batch_size, n_seg, h, w, 3), dtype=np.uint8),
+          'input_ids': ids, 'video_src_ids': np.tile(video, (batch_size, 1)),
+          'image_index': index.reshape(batch_size, n_seg)}
+
+
+def random_batches(config: ml_collections.ConfigDict, batch_size: int, *, start_step: int = 0,
+                   seed: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  """Batch k is a function of (seed, k) only, so a resumed run sees the batches it would have seen."""
+  step = start_step
+  while True:
+    yield random_batch(config, batch_size, seed * 1_000_003 + step)
+    step += 1
