@@ -43,6 +43,9 @@ def prepare_data(config, root: pathlib.Path) -> None:
     manifest = corpus.write_corpus(str(videos / 'videos' / split), str(root / 'corpus' / split), str(spm), options)
     logging.info('%s corpus: %d examples from %d videos (%d skipped)', split, manifest['examples'],
                  manifest['videos'], len(manifest['skipped_videos']))
+    if manifest['examples'] < config.train.global_batch_size:
+      raise app.UsageError(f'the {split} corpus in {root / "corpus" / split} has {manifest["examples"]} examples, '
+                           f'fewer than one batch of {config.train.global_batch_size}: use more --videos')
 
 
 def main(argv) -> None:

@@ -41,8 +41,9 @@ def synthetic_batches(config: ml_collections.ConfigDict, batch_size: int, *, sta
 def micro_config(**mesh) -> ml_collections.ConfigDict:
   """configs/tiny.py cut down further for fast compiles: 2 segments of 8 tokens, 32x32 frames, one
   layer per stack, no dropout, a short warmup; mesh axes from `mesh` (default: all devices on fsdp)."""
-  from merlot_jax.config import load_config, validate
   import pathlib
+
+  from merlot_jax.config import load_config, validate
   c = load_config(pathlib.Path(__file__).resolve().parents[2] / 'configs' / 'tiny.py')
   m = c.model
   m.num_segments, m.segments_per_group = 2, 2

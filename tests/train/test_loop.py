@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 
 from merlot_jax.config import load_config
-from merlot_jax.train import loop, metrics, step as step_lib
+from merlot_jax.train import loop, metrics
+from merlot_jax.train import step as step_lib
 from tests.train.batches import micro_config, synthetic_batch, synthetic_batches
 
 PAPER_GFLOPS = {'vit': 774, 'joint': 294, 'resnet': 212, 'langonly': 97, 'lm_head': 8}

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from merlot_jax import sharding
-from merlot_jax.train import optim, state as state_lib, step as step_lib
+from merlot_jax.train import optim
+from merlot_jax.train import state as state_lib
+from merlot_jax.train import step as step_lib
 from tests.train.batches import micro_config, synthetic_batch
 
 
@@ -19,7 +21,7 @@ def _setup(config, devices=None):
 def test_state_is_created_sharded():
   config = micro_config(data=2, fsdp=4, tensor=1)
   _, _, state, shardings, _ = _setup(config)
-  for leaf, sh in zip(jax.tree.leaves(state), jax.tree.leaves(shardings)):
+  for leaf, sh in zip(jax.tree.leaves(state), jax.tree.leaves(shardings), strict=True):
     assert leaf.sharding == sh
   fsdp = [leaf for leaf in jax.tree.leaves(state.params) if 'fsdp' in str(leaf.sharding.spec)]
   assert fsdp, 'no parameter is sharded over fsdp'
@@ -64,9 +66,10 @@ def test_one_step_is_the_same_on_every_mesh():
   ref_params, ref_loss = _one_step(base, jax.devices()[:1], host_state, batch)
   for data, fsdp, tensor in MESHES:
     params, loss = _one_step(micro_config(data=data, fsdp=fsdp, tensor=tensor), None, host_state, batch)
-    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5, err_msg=f'mesh {(data, fsdp, tensor)}')
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6,
-                                                         err_msg=f'mesh {(data, fsdp, tensor)}'), params, ref_params)
+    where = f'mesh {(data, fsdp, tensor)}'
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5, err_msg=where)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=where)
 
 
 def test_global_batch_names_missing_keys():
