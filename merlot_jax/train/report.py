@@ -99,7 +99,8 @@ def write_summary(workdir: str | pathlib.Path, scalars: Mapping[str, list[tuple[
   text = '\n'.join(lines) + '\n'
   workdir = pathlib.Path(workdir)
   (workdir / 'summary.txt').write_text(text)
+  floats = lambda d: {k: float(v) for k, v in d.items()}
   (workdir / 'summary.json').write_text(json.dumps({
-      'train_loss_first': loss[0], 'train_loss_last': loss[-1], 'heldout': dict(heldout), 'chance': dict(chance)},
+      'train_loss_first': loss[0], 'train_loss_last': loss[-1], 'heldout': floats(heldout), 'chance': floats(chance)},
       indent=1))
   return text
