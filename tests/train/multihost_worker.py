@@ -1,0 +1,51 @@
+"""Subprocess entry for the multi-host tests: trains the micro config on synthetic batches, each
+process feeding its own rows of the (deterministic) global batch.
+
+usage: multihost_worker.py WORKDIR STEPS NUM_PROCESSES PROCESS_ID PORT
+With NUM_PROCESSES > 1 it joins a localhost cluster (coordinator on PORT) before jax starts; the
+devices per process come from XLA_FLAGS. Resumes from WORKDIR's checkpoint if one is there (with
+STEPS equal to its step, that is a pure restore).
+Prints 'final <process> <step> <param checksum> <held-out loss>'.
+"""
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from merlot_jax.train import loop  # noqa: E402
+from tests.train.batches import micro_config, synthetic_batch, synthetic_batches  # noqa: E402
+
+GLOBAL_BATCH = 8
+
+
+def host_rows(batches, config):
+  """This process's contiguous slice of each global batch (devices are ordered by process)."""
+  n, i = jax.process_count(), jax.process_index()
+  per_host = config.train.global_batch_size // n
+  for batch in batches:
+    yield {k: v[i * per_host:(i + 1) * per_host] for k, v in batch.items()}
+
+
+def main(workdir: str, steps: str, num_processes: str, process_id: str, port: str) -> None:
+  if int(num_processes) > 1:
+    jax.distributed.initialize(coordinator_address=f'localhost:{port}', num_processes=int(num_processes),
+                               process_id=int(process_id), initialization_timeout=120)
+  config = micro_config(data=2, fsdp=2)
+  config.train.global_batch_size = GLOBAL_BATCH
+  config.train.total_steps = config.train.checkpoint_every = int(steps)
+  config.train.log_every = 1
+  state = loop.train(config, workdir, lambda start, _: host_rows(synthetic_batches(config, GLOBAL_BATCH,
+                                                                                   start_step=start), config),
+                     progress=False)
+  checksum = jax.jit(lambda p: sum(jnp.abs(x.astype(jnp.float32)).sum() for x in jax.tree.leaves(p)))(state.params)
+  held_out = host_rows(iter([synthetic_batch(config, GLOBAL_BATCH, seed=10**6)]), config)
+  loss = loop.evaluate_state(config, state, held_out)['loss']
+  print('final', jax.process_index(), int(state.step), repr(float(checksum)), repr(loss), flush=True)
+
+
+if __name__ == '__main__':
+  main(*sys.argv[1:])
