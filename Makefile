@@ -26,8 +26,9 @@ test-fast: setup
 lint: setup
 	$(PY) -m ruff check merlot_jax scripts tests configs
 
+# The built-in CPU run: synthetic corpus -> tokenizer -> preprocessing -> pretraining -> report.
 pretrain: setup
-	JAX_PLATFORMS=cpu $(PY) scripts/pretrain.py --config $(CONFIG) --workdir $(WORKDIR)
+	JAX_PLATFORMS=cpu TF_CPP_MIN_LOG_LEVEL=2 $(PY) scripts/run_demo.py --config $(CONFIG) --workdir $(WORKDIR)
 
 bench: setup
 	$(TEST_ENV) $(PY) scripts/benchmark.py train --config configs/tiny.py

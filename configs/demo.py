@@ -1,8 +1,7 @@
 """The built-in CPU pretraining run: a small MERLOT on the synthetic corpus (about 10 minutes on 2 cores).
 
-Point data.train_pattern / data.eval_pattern at the preprocessed synthetic corpus shards, e.g.
-  --config.data.train_pattern='/tmp/corpus/train-*.tfrecord'
-and set model.vocab_size to the tokenizer's vocabulary size if it differs.
+`make pretrain` (scripts/run_demo.py) makes the corpus and tokenizer, then sets data.train_pattern,
+data.eval_pattern and model.vocab_size (the tokenizer's) itself.
 """
 
 from merlot_jax.config import default_config
@@ -19,14 +18,14 @@ def get_config():
   m.vocab_size = 4096
   m.max_positions = 256
   m.contrastive_size = 128
-  c.optim.learning_rate, c.optim.warmup_steps, c.optim.bf16_moments = 1e-3, 30, False
+  c.optim.learning_rate, c.optim.warmup_steps, c.optim.bf16_moments = 1e-3, 15, False
   t = c.train
   t.global_batch_size = 16
-  t.total_steps = 300
+  t.total_steps = 150
   t.log_every = 10
-  t.checkpoint_every = 100
+  t.checkpoint_every = 50
   t.keep_checkpoints = 2
-  t.eval_every = 100  # 0: no evaluation (lead: add to default_config)
-  t.eval_steps = 4  # batches per evaluation (lead: add to default_config)
+  t.eval_every = 50
+  t.eval_steps = 4
   c.mesh.fsdp = -1
   return c

@@ -111,7 +111,7 @@ def topology_devices(topology: Topology) -> list[jax.Device]:
   gen = topology.generation
   kwargs = {'chip_config_name': 'megacore'} if gen.platform in ('v4', 'v5p') else {}
   if topology.num_chips < 4:  # smaller than libtpu's default host (2x2x1 chips)
-    kwargs['chips_per_host_bounds'] = tuple(min(s, h) for s, h in zip((*topology.shape, 1, 1), (2, 2, 1)))
+    kwargs['chips_per_host_bounds'] = tuple(min(s, h) for s, h in zip((*topology.shape, 1, 1), (2, 2, 1), strict=False))
   try:
     desc = topologies.get_topology_desc(topology.topology_name, 'tpu', **kwargs)
   except RuntimeError as e:

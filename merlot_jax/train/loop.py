@@ -72,17 +72,22 @@ def evaluate_state(config: ml_collections.ConfigDict, state: state_lib.TrainStat
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, batches_factory: BatchesFactory, *,
           eval_batches_factory: Callable[[], Iterator[dict[str, np.ndarray]]] | None = None,
           peak_flops_per_device: float | None = None, progress: bool = True,
-          devices: Sequence[jax.Device] | None = None) -> state_lib.TrainState:
+          devices: Sequence[jax.Device] | None = None, model_fn: state_lib.ModelFn = state_lib.merlot_model,
+          loss_fn: step_lib.LossFn | None = None, batch_ndims: dict[str, int] | None = None,
+          init_params: Callable[[state_lib.Params], state_lib.Params] | None = None) -> state_lib.TrainState:
   """Trains to config.train.total_steps, resuming from workdir/checkpoints if one is there.
 
   Evaluates every config.train.eval_every steps (0: never) on config.train.eval_steps batches of a
   fresh `eval_batches_factory()` iterator. `devices` default to all. Returns the final state (also saved).
+  Pretraining by default (loss_fn None: pretraining_loss); a task passes its `model_fn`, `loss_fn`,
+  `batch_ndims` (key -> rank) and `init_params` (fresh sharded params -> the starting ones, used only
+  when not resuming).
   """
   t = config.train
   workdir = checkpoint.as_path(workdir)
   mesh = sharding.make_mesh(config.mesh, devices)
   tx = optim.make_optimizer(config.optim, t.total_steps)
-  graphdef, abstract, shardings = state_lib.state_shardings(config, mesh, tx)
+  graphdef, abstract, shardings = state_lib.state_shardings(config, mesh, tx, model_fn)
   ckpt = checkpoint.TrainCheckpointer(workdir / 'checkpoints', every=t.checkpoint_every, keep=t.keep_checkpoints)
   if ckpt.latest_step() is not None:
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
@@ -90,13 +95,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, batche
     start, position = int(state.step), data['position']
     logging.info('resumed from %s at step %d (data position %s)', ckpt.directory, start, position)
   else:
-    graphdef, state, shardings = state_lib.create_train_state(config, mesh, tx)
+    graphdef, state, shardings = state_lib.create_train_state(config, mesh, tx, model_fn, init_params)
     start, position = 0, None
   batches = batches_factory(start, position)
-  train_step = step_lib.make_train_step(config, graphdef, tx, mesh, shardings)
+  task = dict(loss_fn=loss_fn, batch_ndims=batch_ndims)
+  train_step = step_lib.make_train_step(config, graphdef, tx, mesh, shardings, **task)
   eval_every = t.get('eval_every', 0)
-  eval_step = step_lib.make_eval_step(config, graphdef, mesh, shardings) if eval_batches_factory else None
-  batch_sh = step_lib.batch_shardings(mesh, config)
+  eval_step = step_lib.make_eval_step(config, graphdef, mesh, shardings, **task) if eval_batches_factory else None
+  batch_sh = step_lib.batch_shardings(mesh, config, batch_ndims)
   logger = metrics_lib.MetricsLogger(config, workdir, total_steps=t.total_steps, start_step=start,
                                      peak_flops_per_device=peak_flops_per_device, num_devices=mesh.size,
                                      progress=progress)

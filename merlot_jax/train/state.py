@@ -7,6 +7,7 @@ the model inside jitted functions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -21,6 +22,13 @@ from merlot_jax import sharding
 from merlot_jax.models.merlot import MerlotModel
 
 Params = dict[str, Any]
+# (config, rngs) -> the module to train; tasks pass their own (e.g. a pretrained body plus a new head).
+ModelFn = Callable[[ml_collections.ConfigDict, nnx.Rngs], nnx.Module]
+
+
+def merlot_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> MerlotModel:
+  """The default ModelFn: pretraining's MerlotModel."""
+  return MerlotModel(config.model, rngs=rngs)
 
 
 @flax.struct.dataclass
@@ -31,12 +39,13 @@ class TrainState:
   rng: jax.Array  # uint32 [2] raw key; step k uses fold_in(rng, k)
 
 
-def abstract_params(config: ml_collections.ConfigDict, seed: int = 0) -> tuple[nnx.GraphDef, nnx.State]:
+def abstract_params(config: ml_collections.ConfigDict, seed: int = 0, model_fn: ModelFn = merlot_model
+                    ) -> tuple[nnx.GraphDef, nnx.State]:
   """The model's graphdef and its parameter state as shapes only (no memory, no compute)."""
-  model = nnx.eval_shape(lambda: MerlotModel(config.model, rngs=nnx.Rngs(params=seed)))
+  model = nnx.eval_shape(lambda: model_fn(config, nnx.Rngs(params=seed)))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   if jax.tree.leaves(rest):
-    raise ValueError(f'MerlotModel holds non-Param state {jax.tree.map(lambda x: x.shape, rest)}: '
+    raise ValueError(f'{type(model).__name__} holds non-Param state {jax.tree.map(lambda x: x.shape, rest)}: '
                      'train/state.py only carries nnx.Param')
   return graphdef, params
 
@@ -59,10 +68,10 @@ def _opt_state_shardings(abstract_opt_state: Any, param_sh: Params, mesh: Mesh) 
   return jax.tree_util.tree_map_with_path(one, abstract_opt_state)
 
 
-def state_shardings(config: ml_collections.ConfigDict, mesh: Mesh, tx: optax.GradientTransformation
-                    ) -> tuple[nnx.GraphDef, TrainState, TrainState]:
+def state_shardings(config: ml_collections.ConfigDict, mesh: Mesh, tx: optax.GradientTransformation,
+                    model_fn: ModelFn = merlot_model) -> tuple[nnx.GraphDef, TrainState, TrainState]:
   """(graphdef, abstract TrainState, TrainState of NamedShardings) for `config` on `mesh`."""
-  graphdef, params_state = abstract_params(config, config.train.seed)
+  graphdef, params_state = abstract_params(config, config.train.seed, model_fn)
   param_sh = sharding.param_shardings(params_state, mesh).to_pure_dict()
   params = params_state.to_pure_dict()
   opt_state = jax.eval_shape(tx.init, params)
@@ -74,27 +83,34 @@ def state_shardings(config: ml_collections.ConfigDict, mesh: Mesh, tx: optax.Gra
   return graphdef, abstract, shardings
 
 
-def create_train_state(config: ml_collections.ConfigDict, mesh: Mesh, tx: optax.GradientTransformation
+def create_train_state(config: ml_collections.ConfigDict, mesh: Mesh, tx: optax.GradientTransformation,
+                       model_fn: ModelFn = merlot_model,
+                       init_params: Callable[[Params], Params] | None = None
                        ) -> tuple[nnx.GraphDef, TrainState, TrainState]:
   """Initialises parameters and optimizer state directly in their shardings (no host copy).
 
   Returns (graphdef, state, shardings). Parameters come from seed config.train.seed, the step RNG
-  from the same seed folded with 1.
+  from the same seed folded with 1. `init_params(params)`, if given, replaces the fresh (sharded)
+  parameters before the optimizer state is made, e.g. with pretrained ones loaded into the same shardings.
   """
-  graphdef, _, shardings = state_shardings(config, mesh, tx)
+  graphdef, _, shardings = state_shardings(config, mesh, tx, model_fn)
   seed = config.train.seed
 
-  def init() -> TrainState:
-    model = MerlotModel(config.model, rngs=nnx.Rngs(params=seed))
-    params = nnx.state(model, nnx.Param).to_pure_dict()
+  def init_model() -> Params:
+    return nnx.state(model_fn(config, nnx.Rngs(params=seed)), nnx.Param).to_pure_dict()
+
+  def init(params: Params) -> TrainState:
     rng = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng)
 
   with jax.set_mesh(mesh):
-    state = jax.jit(init, out_shardings=shardings)()
+    params = jax.jit(init_model, out_shardings=shardings.params)()
+    if init_params is not None:
+      params = init_params(params)
+    state = jax.jit(init, in_shardings=(shardings.params,), out_shardings=shardings, donate_argnums=0)(params)
   return graphdef, state, shardings
 
 
-def merge(graphdef: nnx.GraphDef, params: Params) -> MerlotModel:
+def merge(graphdef: nnx.GraphDef, params: Params) -> nnx.Module:
   """The model with `params` (inside or outside jit)."""
   return nnx.merge(graphdef, params)

@@ -18,47 +18,55 @@ from merlot_jax.train.loss import pretraining_loss
 from merlot_jax.train.optim import learning_rate_schedule
 from merlot_jax.train.state import TrainState, merge
 
-BATCH_KEYS = ('images', 'input_ids', 'video_src_ids', 'image_index')
+# The pretraining batch: key -> rank. Tasks pass their own as `batch_ndims`.
+PRETRAINING_BATCH = {'images': 5, 'input_ids': 3, 'video_src_ids': 2, 'image_index': 2}
+BATCH_KEYS = tuple(PRETRAINING_BATCH)
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
+# (model, batch, rng, config, train) -> (scalar loss, metrics); `pretraining_loss` is the default.
+LossFn = Callable[[nnx.Module, Batch, jax.Array, ml_collections.ConfigDict, bool], tuple[jax.Array, Metrics]]
 
 
-def batch_shardings(mesh: Mesh, config: ml_collections.ConfigDict) -> dict[str, NamedSharding]:
-  ndims = {'images': 5, 'input_ids': 3, 'video_src_ids': 2, 'image_index': 2}
-  return {k: sharding.batch_sharding(mesh, ndims[k]) for k in BATCH_KEYS}
+def batch_shardings(mesh: Mesh, config: ml_collections.ConfigDict,
+                    batch_ndims: Mapping[str, int] | None = None) -> dict[str, NamedSharding]:
+  """Each batch key's sharding (leading axis over ('data', 'fsdp')); pretraining's keys by default."""
+  ndims = PRETRAINING_BATCH if batch_ndims is None else batch_ndims
+  return {k: sharding.batch_sharding(mesh, n) for k, n in ndims.items()}
 
 
 def global_batch(local: Mapping[str, np.ndarray], shardings: Mapping[str, NamedSharding]) -> Batch:
-  """This host's numpy batch -> global jax arrays sharded over ('data', 'fsdp'). Extra keys
-  (e.g. the pipeline's 'skipped') are dropped."""
-  missing = [k for k in BATCH_KEYS if k not in local]
+  """This host's numpy batch -> global jax arrays sharded over ('data', 'fsdp'), one per key of
+  `shardings`. Extra keys (e.g. the pipeline's 'skipped') are dropped."""
+  missing = [k for k in shardings if k not in local]
   if missing:
     raise KeyError(f'batch lacks {missing}; it has {sorted(local)}')
-  return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(local[k])) for k in BATCH_KEYS}
+  return {k: jax.make_array_from_process_local_data(s, np.asarray(local[k])) for k, s in shardings.items()}
 
 
 def _l2_norm(tree) -> jax.Array:
   return optax.global_norm(jax.tree.map(lambda x: x.astype(jnp.float32), tree))
 
 
-def make_train_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-                    mesh: Mesh, state_shardings: TrainState
-                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-  """train_step(state, batch) -> (state, metrics); the input state is donated.
+def jit_train_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                   mesh: Mesh, state_shardings: TrainState, *, loss_fn: LossFn | None = None,
+                   batch_ndims: Mapping[str, int] | None = None) -> jax.stages.Wrapped:
+  """The jitted train step itself (for `.lower(...)` on abstract inputs, e.g. ahead-of-time compiles);
+  call or lower it inside `jax.set_mesh(mesh)`. `make_train_step` wraps it for training.
 
-  Metrics: the loss terms of `pretraining_loss` plus grad_norm, param_norm and learning_rate
-  (the rate this step used).
+  Metrics: the loss terms of `loss_fn` (`pretraining_loss` by default) plus grad_norm, param_norm and
+  learning_rate (the rate this step used).
   """
+  loss_fn = pretraining_loss if loss_fn is None else loss_fn  # looked up per call (tests patch it)
   schedule = learning_rate_schedule(config.optim.learning_rate, config.optim.warmup_steps,
                                     config.train.total_steps)
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     rng = jax.random.fold_in(state.rng, state.step)
 
-    def loss_fn(params):
-      return pretraining_loss(merge(graphdef, params), batch, rng, config, train=True)
+    def objective(params):
+      return loss_fn(merge(graphdef, params), batch, rng, config, train=True)
 
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (_, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {**metrics, 'grad_norm': _l2_norm(grads), 'param_norm': _l2_norm(params),
@@ -66,8 +74,17 @@ def make_train_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, t
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   replicated = NamedSharding(mesh, PartitionSpec())
-  jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_shardings(mesh, config)),
-                   out_shardings=(state_shardings, replicated), donate_argnums=0)
+  return jax.jit(train_step, in_shardings=(state_shardings, batch_shardings(mesh, config, batch_ndims)),
+                 out_shardings=(state_shardings, replicated), donate_argnums=0)
+
+
+def make_train_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                    mesh: Mesh, state_shardings: TrainState, *, loss_fn: LossFn | None = None,
+                    batch_ndims: Mapping[str, int] | None = None
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+  """train_step(state, batch) -> (state, metrics); the input state is donated. Metrics as in
+  `jit_train_step`."""
+  jitted = jit_train_step(config, graphdef, tx, mesh, state_shardings, loss_fn=loss_fn, batch_ndims=batch_ndims)
 
   def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     chex.assert_rank(batch['images'], 5)
@@ -78,17 +95,20 @@ def make_train_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, t
 
 
 def make_eval_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, mesh: Mesh,
-                   state_shardings: TrainState) -> Callable[[TrainState, Batch], Metrics]:
-  """eval_step(state, batch) -> metrics of `pretraining_loss` without dropout; the masking RNG is
+                   state_shardings: TrainState, *, loss_fn: LossFn | None = None,
+                   batch_ndims: Mapping[str, int] | None = None) -> Callable[[TrainState, Batch], Metrics]:
+  """eval_step(state, batch) -> metrics of `loss_fn` without dropout; the masking RNG is
   fixed (folded from the state's rng with -1), so the same batch always gives the same numbers."""
+
+  loss_fn = pretraining_loss if loss_fn is None else loss_fn
 
   def eval_step(state: TrainState, batch: Batch) -> Metrics:
     rng = jax.random.fold_in(state.rng, 2**31 - 1)  # a stream no train step uses (steps < 2^31 - 1)
-    _, metrics = pretraining_loss(merge(graphdef, state.params), batch, rng, config, train=False)
+    _, metrics = loss_fn(merge(graphdef, state.params), batch, rng, config, train=False)
     return metrics
 
   replicated = NamedSharding(mesh, PartitionSpec())
-  jitted = jax.jit(eval_step, in_shardings=(state_shardings, batch_shardings(mesh, config)),
+  jitted = jax.jit(eval_step, in_shardings=(state_shardings, batch_shardings(mesh, config, batch_ndims)),
                    out_shardings=replicated)
 
   def step(state: TrainState, batch: Batch) -> Metrics:
