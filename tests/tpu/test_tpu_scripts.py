@@ -261,7 +261,7 @@ def test_launch_on_all_workers(fake, slice_args, node, where):
   assert ssh[:8] == [*NODE, 'ssh', node, *where, '--worker=all']   # queued or not, workers are tpu-vm nodes
   command = remote_command(ssh)
   assert command.startswith('cd merlot_jax && ')
-  trainer = ("nohup env PYTHONUNBUFFERED=1 .venv/bin/python scripts/pretrain.py --config configs/base.py "
+  trainer = ("nohup env PYTHONUNBUFFERED=1 .venv/bin/python scripts/pretrain.py --distributed --config configs/base.py "
              "--workdir gs://merlot-bucket/runs/base "
              "'--config.data.train_pattern=gs://merlot-bucket/corpus/train-*.tfrecord' "
              "--config.train.total_steps=460000 >> logs/pretrain.log 2>&1 < /dev/null &")
@@ -304,7 +304,8 @@ def test_launch_stop_and_status_commands_run_on_a_worker(fake, tmp_path):
       time.sleep(0.05)
     text = log.read_text()
     assert 'launch on' in text
-    assert ('trainer: scripts/pretrain.py --config configs/base.py --workdir gs://merlot-bucket/runs/base '
+    assert ('trainer: scripts/pretrain.py --distributed --config configs/base.py '
+            '--workdir gs://merlot-bucket/runs/base '
             '--config.data.train_pattern=gs://merlot-bucket/corpus/train-*.tfrecord env: --xla_a=1 --xla_b=2') in text
     assert f'stopped pid {pid}' in sh(stop)
     for _ in range(100):
