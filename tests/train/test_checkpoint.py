@@ -9,7 +9,8 @@ import time
 
 import numpy as np
 import pytest
-import tensorflow as tf
+
+from merlot_jax.train import report
 
 RUNNER = pathlib.Path(__file__).with_name('run_training.py')
 TOTAL, EVERY = 8, 2
@@ -47,13 +48,7 @@ def _finish(proc: subprocess.Popen) -> tuple[int, float]:
 
 
 def _logged_losses(workdir: pathlib.Path) -> dict[int, float]:
-  losses = {}
-  for path in sorted((workdir / 'train').glob('events.out.tfevents.*')):
-    for event in tf.compat.v1.train.summary_iterator(str(path)):
-      for value in event.summary.value:
-        if value.tag == 'loss':
-          losses[event.step] = float(tf.make_ndarray(value.tensor))
-  return losses
+  return dict(report.read_scalars(workdir / 'train')['loss'])
 
 
 @pytest.mark.slow

@@ -9,7 +9,8 @@ import sys
 
 import numpy as np
 import pytest
-import tensorflow as tf
+
+from merlot_jax.train import report
 
 WORKER = pathlib.Path(__file__).with_name('multihost_worker.py')
 STEPS = 3
@@ -45,13 +46,7 @@ def _finish(proc: subprocess.Popen) -> tuple[int, float, float]:
 
 
 def _logged_losses(workdir: pathlib.Path) -> dict[int, float]:
-  losses = {}
-  for path in sorted((workdir / 'train').glob('events.out.tfevents.*')):
-    for event in tf.compat.v1.train.summary_iterator(str(path)):
-      for value in event.summary.value:
-        if value.tag == 'loss':
-          losses[event.step] = float(tf.make_ndarray(value.tensor))
-  return losses
+  return dict(report.read_scalars(workdir / 'train')['loss'])
 
 
 @pytest.mark.slow
