@@ -238,14 +238,18 @@ def make_video(rng: np.random.Generator, config: Config) -> tuple[list[TimedEven
 
 
 def _write_stories(out_dir: pathlib.Path, seed: int, config: Config, seen: set[tuple[str, ...]]) -> None:
-  """Held-out stories (captions in order + one frame each) whose caption sequences occur in no video."""
+  """Held-out stories (captions in order + one frame each) whose caption sequences occur in no video.
+
+  A story whose events leave the same scene twice (e.g. a shape grows, then shrinks back) is skipped:
+  two identical frames have no true order between them.
+  """
   stories, k = [], 0
   out_dir.mkdir(parents=True, exist_ok=True)
   while len(stories) < config.num_stories:
     events = make_story(np.random.default_rng([seed, 1, k]), STORY_LENGTH, config.max_objects)
     k += 1
     captions = tuple(caption(e) for e in events)
-    if captions in seen:
+    if captions in seen or len({frozenset(e.after) for e in events}) < STORY_LENGTH:
       continue
     seen.add(captions)
     story_id = f'story-{len(stories):04d}'

@@ -1,5 +1,6 @@
 """The synthetic corpus: deterministic, parseable, narration matching the screen, disjoint held-out stories."""
 
+import dataclasses
 import io
 import itertools
 import json
@@ -108,6 +109,17 @@ def test_heldout_stories(corpora):
     for frame in story['frames']:
       image = Image.open(io.BytesIO((root / 'stories' / frame).read_bytes()))
       assert image.size == (CONFIG.width, CONFIG.height)
+
+
+def test_story_frames_are_distinct(tmp_path):
+  """Every story's 5 frames differ, so each has one true order (about a quarter of random 5-event
+  stories revisit a scene, e.g. grow then shrink)."""
+  config = dataclasses.replace(CONFIG, num_stories=40, width=48, height=32)
+  synthetic._write_stories(tmp_path, 0, config, set())
+  for story in json.loads((tmp_path / 'stories.json').read_text()):
+    frames = [np.asarray(Image.open(tmp_path / f), np.float32) for f in story['frames']]
+    for a, b in itertools.combinations(range(len(frames)), 2):
+      assert np.abs(frames[a] - frames[b]).max() > 20, (story['id'], a, b)
 
 
 def test_script(tmp_path, monkeypatch):
