@@ -240,10 +240,6 @@ def contrastive_loss(lang: jax.Array, viz: jax.Array, temperature: float,
 # Temporal ordering.
 
 
-
-
-
-
 def temporal_labels(video_src_ids: jax.Array) -> jax.Array:
   """[G, n] video ids -> [G*n*n] int32: 0 other video, 1 same segment, 2 i before j, 3 i after j."""
   chex.assert_rank(video_src_ids, 2)

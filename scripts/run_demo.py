@@ -1,7 +1,8 @@
 """The built-in CPU pretraining run behind `make pretrain`; every stage is skipped when its output exists.
 
   synthetic story videos -> SentencePiece tokenizer -> preprocessed corpus (train + held-out)
-  -> pretraining (configs/demo.py; resumes) -> held-out evaluation -> curves.png + summary.txt
+  -> pretraining (configs/demo.py; resumes) -> held-out evaluation and zero-shot ordering of the
+  held-out stories -> curves.png + summary.txt
 
   python scripts/run_demo.py --workdir workdir/demo [--videos 300] [--config.train.total_steps=100]
 """
@@ -19,6 +20,8 @@ from merlot_jax.config import validate  # noqa: E402
 from merlot_jax.data import corpus, synthetic  # noqa: E402
 from merlot_jax.data.pipeline import make_dataset  # noqa: E402
 from merlot_jax.data.tokenizer import load_tokenizer, train_sentencepiece  # noqa: E402
+from merlot_jax.tasks import story_data  # noqa: E402
+from merlot_jax.tasks import story_ordering as so  # noqa: E402
 from merlot_jax.train import loop, report  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/demo.py', 'config file', lock_config=False)
@@ -48,6 +51,15 @@ def prepare_data(config, root: pathlib.Path) -> None:
                            f'fewer than one batch of {config.train.global_batch_size}: use more --videos')
 
 
+def order_stories(root: pathlib.Path) -> dict[str, dict[str, float]]:
+  """Zero-shot ordering of the corpus's held-out stories by the trained model, next to a random order."""
+  model, config = so.load_story_model(root / 'run')
+  tokenizer = load_tokenizer(root / 'tokenizer' / 'spm.model')
+  stories = story_data.load_stories(f'synthetic:{root / "synthetic"}')
+  predictions = so.evaluate(model, story_data.story_batches(stories, config, tokenizer, batch_size=8))
+  return {'stories': len(predictions), 'model': so.summarize(predictions), 'random': so.random_baseline()}
+
+
 def main(argv) -> None:
   del argv
   logging.getLogger().setLevel(logging.INFO)
@@ -71,7 +83,7 @@ def main(argv) -> None:
   results = loop.evaluate_state(config, state, heldout())
   chance = report.chance_levels(heldout(), config)
   report.plot_curves(scalars, root / 'curves.png')
-  print(report.write_summary(root, scalars, results, chance))
+  print(report.write_summary(root, scalars, results, chance, order_stories(root)))
   print(f'curves: {root / "curves.png"}; summary: {root / "summary.txt"}')
 
 

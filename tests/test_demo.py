@@ -1,9 +1,10 @@
 """`make pretrain`'s pipeline end to end at a smaller scale: synthetic videos -> tokenizer -> corpus ->
-pretraining -> held-out report.
+pretraining -> held-out report -> zero-shot story ordering.
 
-At 30 steps the loss falls clearly and the transcript-frame order accuracy beats its chance level; the
-masked-LM and retrieval accuracies are still at chance this early (their chance levels are strong: the
-most frequent token, and 1 of 128 near-duplicate synthetic segments), so they are not asserted here."""
+At 30 steps the loss falls clearly and the transcript-frame order accuracy beats its chance level. The
+masked-LM accuracy is barely above its strong chance level (the most frequent token) this early, retrieval
+is at chance (see the README) and story ordering needs the full 150 steps (Spearman 0.25 vs 0.01 at 30), so
+those are not asserted; the story report itself is."""
 
 import json
 import pathlib
@@ -29,3 +30,7 @@ def test_short_demo_run_learns(tmp_path):
   assert last < 0.85 * first, summary
   heldout, chance = summary['heldout'], summary['chance']
   assert heldout['temporal/lang_viz_acc'] > chance['temporal/lang_viz_acc'] + 0.05, summary
+  stories = summary['stories']
+  assert stories['stories'] == 100
+  assert stories['random'] == pytest.approx({'spearman': 0.0, 'pairwise_accuracy': 0.5, 'mean_abs_distance': 1.6})
+  assert -1 <= stories['model']['spearman'] <= 1 and 0 <= stories['model']['pairwise_accuracy'] <= 1

@@ -55,7 +55,7 @@ class Config:
   max_objects: int = 3
   words_per_second: float = 3.5
   heldout_fraction: float = 0.1
-  num_stories: int = 20
+  num_stories: int = 100
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,6 +11,7 @@ import collections
 import json
 import pathlib
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -88,19 +89,27 @@ def chance_levels(batches: Iterable[Mapping[str, np.ndarray]], config: ml_collec
 
 
 def write_summary(workdir: str | pathlib.Path, scalars: Mapping[str, list[tuple[int, float]]],
-                  heldout: Mapping[str, float], chance: Mapping[str, float]) -> str:
-  """summary.txt (human) and summary.json (machine) in workdir; returns the text."""
+                  heldout: Mapping[str, float], chance: Mapping[str, float],
+                  stories: Mapping[str, Any] | None = None) -> str:
+  """summary.txt (human) and summary.json (machine) in workdir; returns the text.
+
+  stories: optional zero-shot story ordering, {'stories': count, 'model': metrics, 'random': metrics}.
+  """
   loss = scalars['loss']
   lines = [f'training loss: {loss[0][1]:.4f} at step {loss[0][0]} -> {loss[-1][1]:.4f} at step {loss[-1][0]}',
            'held-out accuracy (chance = best constant guess on the same batches):']
   for tag, title in PLOTTED:
     if tag in chance:
       lines.append(f'  {title:40s} {heldout[tag]:.3f}   chance {chance[tag]:.3f}')
+  if stories is not None:
+    lines.append(f'zero-shot ordering of {stories["stories"]} held-out stories (random order in the last column):')
+    lines += [f'  {name:40s} {value:.3f}   random {stories["random"][name]:.3f}'
+              for name, value in stories['model'].items()]
   text = '\n'.join(lines) + '\n'
   workdir = pathlib.Path(workdir)
   (workdir / 'summary.txt').write_text(text)
   floats = lambda d: {k: float(v) for k, v in d.items()}
   (workdir / 'summary.json').write_text(json.dumps({
-      'train_loss_first': loss[0], 'train_loss_last': loss[-1], 'heldout': floats(heldout), 'chance': floats(chance)},
-      indent=1))
+      'train_loss_first': loss[0], 'train_loss_last': loss[-1], 'heldout': floats(heldout), 'chance': floats(chance),
+      **({'stories': stories} if stories is not None else {})}, indent=1))
   return text
