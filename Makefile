@@ -34,7 +34,7 @@ bench: setup
 	$(TEST_ENV) $(PY) scripts/benchmark.py train --config configs/tiny.py
 
 aot: setup
-	$(PY) scripts/aot_compile.py --config configs/base.py --topology v3-1024
+	$(PY) scripts/aot_compile.py --config configs/base.py --topology v3-1024 --config.mesh.data=256 --config.mesh.fsdp=4
 
 clean:
 	rm -rf $(VENV) .pytest_cache
