@@ -13,36 +13,27 @@ import pytest
 import tensorflow as tf
 from flax import nnx
 
-from merlot_jax.config import load_config
 from merlot_jax.data import synthetic
 from merlot_jax.data.pipeline import decode_frames
-from merlot_jax.data.tokenizer import START, load_tokenizer, train_sentencepiece
+from merlot_jax.data.tokenizer import START, load_tokenizer
 from merlot_jax.data.video import probe_duration
 from merlot_jax.data.video_segments import find_videos, process_video
-from merlot_jax.models.merlot import MerlotModel
 from merlot_jax.pretrained import load_pretrained
 from merlot_jax.tasks import features as fe
 from merlot_jax.tasks.story_ordering import load_story_model
-from merlot_jax.train.checkpoint import TrainCheckpointer, save_params
+from merlot_jax.train.checkpoint import TrainCheckpointer
 from merlot_jax.train.state import TrainState
-from tests.models.testlib import REPO, build_random, pure_params
+from tests.models.testlib import REPO, pure_params
+from tests.tasks.tiny_run import corpus_and_checkpoint, tiny_config
 
 N, T = 4, 8  # configs/tiny.py: segments per example, tokens per segment
-
-
-def tiny_config():
-  return load_config(str(REPO / 'configs' / 'tiny.py'))
 
 
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
   """A tiny random model saved as a params checkpoint, its tokenizer, one synthetic video and its features."""
   tmp = tmp_path_factory.mktemp('features')
-  synthetic.make_corpus(tmp / 'corpus', 1, 7, synthetic.Config(min_events=5, max_events=5, num_stories=1))
-  spm = train_sentencepiece([tmp / 'corpus' / 'narration.txt'], tmp / 'spm', 120, model_type='bpe')
-  config = tiny_config()
-  model = build_random(lambda: MerlotModel(config.model, rngs=nnx.Rngs(params=0)), seed=3)
-  save_params(tmp / 'ckpt', model, config)
+  spm, config, model = corpus_and_checkpoint(tmp, 7, synthetic.Config(min_events=5, max_events=5, num_stories=1), 3)
   (video,) = find_videos(tmp / 'corpus' / 'videos')
   tokenizer = load_tokenizer(spm)
   return {'tmp': tmp, 'spm': spm, 'config': config, 'model': model, 'video': video, 'tokenizer': tokenizer,

@@ -13,12 +13,12 @@ from flax import nnx
 
 from merlot_jax.config import ConfigError, load_config
 from merlot_jax.data import synthetic
-from merlot_jax.data.tokenizer import load_tokenizer, train_sentencepiece
+from merlot_jax.data.tokenizer import load_tokenizer
 from merlot_jax.models.merlot import MerlotModel
 from merlot_jax.tasks import story_data
 from merlot_jax.tasks import story_ordering as so
-from merlot_jax.train.checkpoint import save_params
-from tests.models.testlib import REPO, build_random, pure_params
+from tests.models.testlib import REPO, pure_params
+from tests.tasks.tiny_run import corpus_and_checkpoint, tiny_config
 
 N = 5
 
@@ -122,10 +122,6 @@ def test_unknown_image_index_is_an_offset_permutation():
 # --- the 5-segment config ------------------------------------------------------------------------
 
 
-def tiny_config():
-  return load_config(REPO / 'configs' / 'tiny.py')
-
-
 @pytest.mark.parametrize('name', ['tiny.py', 'base.py'])
 def test_story_config_keeps_every_parameter_shape(name):
   config = load_config(REPO / 'configs' / name)
@@ -159,11 +155,7 @@ def story_run(tmp_path_factory):
   """A tiny random model saved as a params checkpoint of the pretraining layout, reloaded as the
   story model, and 2 synthetic stories."""
   tmp = tmp_path_factory.mktemp('story')
-  synthetic.make_corpus(tmp / 'corpus', 1, 3, synthetic.Config(min_events=5, max_events=6, num_stories=2))
-  spm = train_sentencepiece([tmp / 'corpus' / 'narration.txt'], tmp / 'spm', 120, model_type='bpe')
-  config = tiny_config()
-  pretrained = build_random(lambda: MerlotModel(config.model, rngs=nnx.Rngs(params=0)), seed=1)
-  save_params(tmp / 'ckpt', pretrained, config)
+  spm, _, pretrained = corpus_and_checkpoint(tmp, 3, synthetic.Config(min_events=5, max_events=6, num_stories=2), 1)
   model, story = so.load_story_model(tmp / 'ckpt')
   stories = story_data.load_stories(f'synthetic:{tmp / "corpus"}')
   batches = list(story_data.story_batches(stories, story, load_tokenizer(spm), batch_size=2, seed=0))
