@@ -131,7 +131,8 @@ def write_video(video_path: str | os.PathLike, frames: Iterable[np.ndarray], fps
                 keyframe_seconds: float = 2.0) -> None:
   """Encodes RGB uint8 frames (even width and height) as H.264 (crf 18, a keyframe every few seconds).
 
-  The container follows the file name: .mp4, .mkv, ...
+  The container follows the file name: .mp4, .mkv, ... One encoder thread: x264's frame threads made the
+  same frames encode slightly differently now and then (a seeded synthetic corpus must be reproducible).
   """
   with av.open(str(video_path), 'w') as out:
     stream = None
@@ -141,7 +142,7 @@ def write_video(video_path: str | os.PathLike, frames: Iterable[np.ndarray], fps
         stream.height, stream.width = frame.shape[:2]
         stream.pix_fmt = 'yuv420p'
         stream.codec_context.gop_size = max(1, round(fps * keyframe_seconds))
-        stream.options = {'crf': '18', 'preset': 'veryfast'}
+        stream.options = {'crf': '18', 'preset': 'veryfast', 'threads': '1'}
       av_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format='rgb24')
       av_frame.pts = i
       out.mux(stream.encode(av_frame))
