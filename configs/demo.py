@@ -3,16 +3,21 @@
 `make pretrain` (scripts/run_demo.py) makes the corpus and tokenizer, then sets data.train_pattern,
 data.eval_pattern and model.vocab_size (the tokenizer's) itself.
 
-Two settings differ from the paper's:
+Three settings differ from the paper's:
 - model.init_std = 0.05: 0.02 x sqrt(768 / 128), the base model's per-layer signal scale (std x sqrt(width))
-  at width 128. With both settings here held-out masked-LM accuracy after 150 steps went from 0.156 to 0.236
-  (chance 0.123). The contrastive retrieval stays at chance either way (see the README).
+  at width 128. With this and the next setting held-out masked-LM accuracy after 150 steps went from 0.156 to
+  0.236 (chance 0.123). The contrastive retrieval stays at chance either way (see the README).
 - objectives.shuffled_index_offset = 64: shuffled frames use image-index rows 64 + permutation, the rows
   that zero-shot story ordering uses for 'unknown position' (as the original's sort_story). With the
   released 16 those rows are never trained. It also makes the original's easy-pair test (index < 64)
   down-weight only unshuffled pairs, as it was meant to. Zero-shot ordering of the 100 held-out stories
   after 150 steps: Spearman 0.247 and pairwise accuracy 0.604 (random order: 0 and 0.5); before both
   changes, -0.09 and 0.47 on 20 stories.
+- model.image_size = (32, 48) with pool_size 1: the same 2x3 grid of visual tokens per frame as 64x96
+  frames pooled 2x2, at a quarter of the image encoder's cost. At 64x96 the ResNet took 4.0 of the 4.6 s
+  step on 2 cores; at 32x48 the step takes 1.2 s, so the same 10 minutes train 400 steps instead of 150.
+  Held-out after 400 steps vs the 150 at 64x96: masked LM 0.291 vs 0.236, transcript-frame order 0.623
+  vs 0.590, frame-frame order 0.527 vs 0.443, story Spearman 0.257 vs 0.247.
 """
 
 from merlot_jax.config import default_config
@@ -22,7 +27,7 @@ def get_config():
   c = default_config()
   m = c.model
   m.num_segments, m.segment_length, m.segments_per_group = 8, 16, 4
-  m.image_size = (64, 96)
+  m.image_size, m.pool_size = (32, 48), 1
   m.resnet_blocks = (1, 1, 1)
   m.hidden_size, m.num_heads, m.mlp_dim = 128, 4, 512
   m.num_vision_layers = m.num_joint_layers = m.num_langonly_layers = 2
@@ -31,14 +36,14 @@ def get_config():
   m.contrastive_size = 128
   m.init_std = 0.05
   c.objectives.shuffled_index_offset = 64
-  c.optim.learning_rate, c.optim.warmup_steps, c.optim.bf16_moments = 1e-3, 15, False
+  c.optim.learning_rate, c.optim.warmup_steps, c.optim.bf16_moments = 1e-3, 20, False
   t = c.train
   t.global_batch_size = 16
-  t.total_steps = 150
+  t.total_steps = 400
   t.log_every = 10
-  t.checkpoint_every = 50
+  t.checkpoint_every = 100
   t.keep_checkpoints = 2
-  t.eval_every = 50
+  t.eval_every = 100
   t.eval_steps = 4
   c.mesh.fsdp = -1
   return c
