@@ -134,19 +134,28 @@ class Geometry:
   method: tf.Tensor
 
 
+def _min_scaled_side(out_size: tuple[int, int]) -> float:
+  """The floor on the scaled short side: the original's 64 px (it keeps very wide images from shrinking to
+  slivers at its 192x320 outputs), capped at the output's short side. Uncapped, an output under 64 px
+  would only ever see a crop of part of each frame (a quarter of it at 32x48) in training, while
+  evaluation shows the whole frame scaled to fit."""
+  return float(min(64, min(out_size)))
+
+
 def random_geometry(shapes: tf.Tensor, u: tf.Tensor, out_size: tuple[int, int],
                     scale_range: tuple[float, float]) -> Geometry:
   """The original's resize_and_pad(do_random_scale=True, resize_method='random'), for all frames.
 
   shapes: int32 [n, 2] source sizes; u: float [n, 4] uniforms (scale, offset y, offset x, method).
   Target scale s ~ U(scale_range) of (H, W); image scale = the smaller of the two axis ratios of the
-  truncated target size to the source, at least 64 / short side; a random crop offset where the scaled
-  image exceeds (H, W); one of 4 resize methods (bilinear, nearest, bicubic, area; align_corners).
+  truncated target size to the source, at least `_min_scaled_side(out_size)` / short side; a random crop
+  offset where the scaled image exceeds (H, W); one of 4 resize methods (bilinear, nearest, bicubic, area;
+  align_corners).
   """
   hw = tf.cast(shapes, tf.float32)
   s = scale_range[0] + u[:, :1] * (scale_range[1] - scale_range[0])
   ratio = tf.cast(tf.cast(s * list(out_size), tf.int32), tf.float32) / hw
-  scale = tf.maximum(tf.reduce_min(ratio, 1), 64.0 / tf.reduce_min(hw, 1))
+  scale = tf.maximum(tf.reduce_min(ratio, 1), _min_scaled_side(out_size) / tf.reduce_min(hw, 1))
   size = tf.cast(hw * scale[:, None], tf.int32)
   offset = tf.cast(tf.cast(tf.maximum(size - list(out_size), 0), tf.float32) * u[:, 1:3], tf.int32)
   return Geometry(size, offset, tf.minimum(size - offset, list(out_size)), tf.cast(u[:, 3] * 4, tf.int32))

@@ -303,6 +303,20 @@ def test_frames_match_the_original_recipe():
     np.testing.assert_allclose(fit[i], _original_frame(jpeg, None), atol=1.0, err_msg=f'eval frame {i}')
 
 
+def test_small_outputs_crop_most_of_the_frame():
+  """Below 64 px the original's 64 px floor would scale a 64x96 frame to 64x96 and crop a quarter of it for a
+  32x48 output; the floor is capped at the output, so the crop keeps at least 1 / random_scale_max of each side."""
+  shapes = tf.constant([[64, 96], [360, 640], [30, 200]], tf.int32)
+  for scale_u, expected in ((0.0, [[36, 54], [32, 56], [32, 213]]), (1.0, [[48, 72], [40, 72], [32, 213]])):
+    u = tf.constant([[scale_u, 0.5, 0.5, 0.0]] * 3, tf.float32)
+    g = pipeline.random_geometry(shapes, u, (32, 48), (1.125, 1.5))
+    np.testing.assert_array_equal(g.size.numpy(), expected)  # short sides >= 32: the floor, capped
+    np.testing.assert_array_equal(g.crop.numpy(), [[32, 48]] * 3)
+  # At and above 64 px the original's floor is unchanged: a 30x200 frame still scales to a 64 px short side.
+  g = pipeline.random_geometry(shapes, tf.constant([[0.0, 0.5, 0.5, 0.0]] * 3, tf.float32), (64, 96), (1.125, 1.5))
+  np.testing.assert_array_equal(g.size.numpy(), [[72, 108], [64, 113], [64, 426]])
+
+
 def test_augment_affine_modes():
   u = tf.constant(np.random.default_rng(0).uniform(size=(1000, 5)), tf.float32)
   a, c = (x.numpy() for x in pipeline.augment_affine(u, 0.8, 'original'))
