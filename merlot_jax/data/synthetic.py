@@ -2,8 +2,10 @@
 
 Each video is a story of events (a shape appears, moves, changes colour or size, disappears) told in order
 ("First, a small red circle appears on the left. ... Then the red circle moves to the right. ..."), with every
-event's words spoken while it is on screen. That makes frame/transcript matching, masked words and temporal
-order learnable by a tiny model in minutes on a CPU.
+event's words spoken while it is on screen. Like a real video, each one has a setting (a garden, a beach, a
+kitchen, ...) that fills the background of every frame and that every event's narration names ("It slides up
+in the garden."), so frames and transcripts also match as a whole, not only through a few small shapes. That
+makes frame/transcript matching, masked words and temporal order learnable by a tiny model in minutes on a CPU.
 
 Layout written by `make_corpus(out_dir, ...)`:
   videos/train/ID.mp4 + ID.en.vtt      H.264 video + YouTube-style word-timed WebVTT
@@ -14,6 +16,7 @@ Layout written by `make_corpus(out_dir, ...)`:
 """
 
 import dataclasses
+import functools
 import json
 import pathlib
 from collections.abc import Iterator, Sequence
@@ -23,7 +26,6 @@ from PIL import Image, ImageDraw
 
 from merlot_jax.data.video import encode_jpeg, write_video
 
-BACKGROUND = (96, 96, 96)
 COLOURS = {
     'red': (220, 40, 40), 'green': (40, 180, 60), 'blue': (50, 90, 230), 'yellow': (235, 215, 40),
     'purple': (150, 60, 190), 'orange': (245, 140, 30), 'white': (245, 245, 245),
@@ -38,6 +40,11 @@ POSITIONS = {
     'bottom': ((0.5, 0.82), 'at the bottom', 'to the bottom'),
 }
 SIZES = {'small': 0.12, 'big': 0.2}  # radius as a fraction of the shorter side
+# name -> the phrase that places a shape there ('Now there is one shape in the garden.')
+SETTINGS = {
+    'garden': 'in the garden', 'beach': 'at the beach', 'kitchen': 'in the kitchen', 'night': 'in the night sky',
+    'forest': 'in the forest', 'desert': 'in the desert', 'city': 'in the city', 'sea': 'under the sea',
+}
 CONNECTIVES = ('Then', 'Next,', 'After that,', 'Later,')
 NUMBERS = ('no', 'one', 'two', 'three')
 STORY_LENGTH = 5
@@ -68,17 +75,18 @@ class Obj:
 
 @dataclasses.dataclass(frozen=True)
 class Event:
-  """One step of a story: the scene before and after it and the words that tell it (without a connective)."""
+  """One step of a story: its setting, the scene before and after it and the words that tell it (without a
+  connective)."""
+  setting: str
   before: tuple[Obj, ...]
   after: tuple[Obj, ...]
   sentences: str
 
 
-def _count_sentence(objs: Sequence[Obj]) -> str:
-  if not objs:
-    return 'Now the screen is empty.'
+def _count_sentence(objs: Sequence[Obj], setting: str) -> str:
   n = len(objs)
-  return f'Now there {"is" if n == 1 else "are"} {NUMBERS[n]} shape{"" if n == 1 else "s"} on the screen.'
+  shapes = 'no shapes' if not n else f'{NUMBERS[n]} shape{"" if n == 1 else "s"}'
+  return f'Now there {"is" if n == 1 else "are"} {shapes} {SETTINGS[setting]}.'
 
 
 def _direction(src: str, dst: str) -> str:
@@ -88,7 +96,7 @@ def _direction(src: str, dst: str) -> str:
   return ' and '.join(parts)
 
 
-def _next_event(rng: np.random.Generator, scene: tuple[Obj, ...], max_objects: int) -> Event:
+def _next_event(rng: np.random.Generator, setting: str, scene: tuple[Obj, ...], max_objects: int) -> Event:
   """Samples an event that is possible in `scene`; the names of shapes on screen stay unique."""
   free = [p for p in POSITIONS if p not in {o.position for o in scene}]
   names = {(o.colour, o.shape) for o in scene}
@@ -101,35 +109,38 @@ def _next_event(rng: np.random.Generator, scene: tuple[Obj, ...], max_objects: i
     colour, shape = unused[rng.integers(len(unused))]
     new = Obj(shape, colour, str(rng.choice(free)), str(rng.choice(list(SIZES))))
     after = scene + (new,)
-    text = f'a {new.size} {new.colour} {new.shape} appears {POSITIONS[new.position][1]}. {_count_sentence(after)}'
-    return Event(scene, after, text)
+    text = (f'a {new.size} {new.colour} {new.shape} appears {POSITIONS[new.position][1]}. '
+            f'{_count_sentence(after, setting)}')
+    return Event(setting, scene, after, text)
   i = int(rng.integers(len(scene)))
   old = scene[i]
   if kind == 'move' and free:
     new = dataclasses.replace(old, position=str(rng.choice(free)))
     text = (f'the {old.colour} {old.shape} moves {POSITIONS[new.position][2]}. '
-            f'It slides {_direction(old.position, new.position)}.')
+            f'It slides {_direction(old.position, new.position)} {SETTINGS[setting]}.')
   elif kind in ('move', 'recolour'):
     colours = [c for c in COLOURS if (c, old.shape) not in names]
     new = dataclasses.replace(old, colour=str(rng.choice(colours)))
     text = (f'the {old.colour} {old.shape} turns {new.colour}. '
-            f'The {old.shape} {POSITIONS[old.position][1]} is {new.colour} now.')
+            f'The {old.shape} {POSITIONS[old.position][1]} {SETTINGS[setting]} is {new.colour} now.')
   elif kind == 'resize':
     new = dataclasses.replace(old, size='small' if old.size == 'big' else 'big')
     verb = 'grows bigger' if new.size == 'big' else 'shrinks'
-    text = f'the {old.colour} {old.shape} {verb}. It is {new.size} now.'
+    text = f'the {old.colour} {old.shape} {verb}. It is {new.size} now {SETTINGS[setting]}.'
   else:
     after = scene[:i] + scene[i + 1:]
-    text = f'the {old.colour} {old.shape} {POSITIONS[old.position][1]} disappears. {_count_sentence(after)}'
-    return Event(scene, after, text)
-  return Event(scene, scene[:i] + (new,) + scene[i + 1:], text)
+    text = (f'the {old.colour} {old.shape} {POSITIONS[old.position][1]} disappears. '
+            f'{_count_sentence(after, setting)}')
+    return Event(setting, scene, after, text)
+  return Event(setting, scene, scene[:i] + (new,) + scene[i + 1:], text)
 
 
 def make_story(rng: np.random.Generator, num_events: int, max_objects: int = 3) -> list[Event]:
-  """A story of `num_events` events starting from an empty screen."""
+  """A story of `num_events` events in one random setting, starting from an empty scene."""
+  setting = str(rng.choice(list(SETTINGS)))
   events, scene = [], ()
   for _ in range(num_events):
-    events.append(_next_event(rng, scene, max_objects))
+    events.append(_next_event(rng, setting, scene, max_objects))
     scene = events[-1].after
   return events
 
@@ -163,6 +174,41 @@ def _draw(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float,
     draw.polygon(list(zip(cx + radii * np.cos(angles), cy - radii * np.sin(angles), strict=True)), fill=colour)
 
 
+@functools.lru_cache(maxsize=64)
+def background(setting: str, width: int, height: int) -> np.ndarray:
+  """uint8 [height, width, 3]: the setting's backdrop, muted colours and coarse texture that the shapes stand out
+  on (read-only: `render` copies it)."""
+  y, x = np.mgrid[0:height, 0:width] / np.array([height, width])[:, None, None]
+  paint = lambda *layers: sum(np.where(m[..., None], np.array(c, np.float64), 0.0) for m, c in layers)
+  if setting == 'garden':  # sky over grass
+    img = paint((y < 0.45, (150, 190, 230)), (y >= 0.45, (70, 130, 60)))
+  elif setting == 'beach':  # sky, sea, sand
+    img = paint((y < 0.3, (175, 215, 240)), ((y >= 0.3) & (y < 0.55), (40, 110, 170)), (y >= 0.55, (220, 200, 140)))
+  elif setting == 'kitchen':  # checkered tiles
+    light = (np.floor(x * 8) + np.floor(y * 6)) % 2 == 0
+    img = paint((light, (205, 185, 150)), (~light, (140, 110, 80)))
+  elif setting == 'night':  # dark blue with a grid of stars
+    star = (np.abs(x * 9 % 1 - 0.5) < 0.06) & (np.abs((y * 6 + 0.4 * np.floor(x * 9)) % 1 - 0.5) < 0.09)
+    img = paint((~star, (20, 25, 60)), (star, (230, 230, 180)))
+  elif setting == 'forest':  # dark green with tree trunks
+    trunk = x * 7 % 1 < 0.22
+    img = paint((~trunk, (30, 75, 40)), (trunk, (95, 65, 35)))
+  elif setting == 'desert':  # orange sand under a pale sky, a dune line
+    dune = y > 0.4 + 0.1 * np.sin(2 * np.pi * x)
+    img = paint((~dune, (245, 225, 180)), (dune, (210, 150, 80)))
+  elif setting == 'city':  # grey sky behind dark buildings of several heights
+    tops = np.array([0.35, 0.55, 0.25, 0.45, 0.3, 0.6])[np.minimum((x * 6).astype(int), 5)]
+    img = paint((y < tops, (185, 190, 200)), (y >= tops, (75, 75, 85)))
+  elif setting == 'sea':  # deep blue with light wave bands
+    wave = (y * 5 + 0.15 * np.sin(2 * np.pi * 2 * x)) % 1 < 0.2
+    img = paint((~wave, (20, 60, 120)), (wave, (60, 125, 185)))
+  else:
+    raise ValueError(f'unknown setting {setting!r}; expected one of {sorted(SETTINGS)}')
+  img = img.astype(np.uint8)
+  img.flags.writeable = False
+  return img
+
+
 def render(event: Event, progress: float, width: int, height: int) -> np.ndarray:
   """The frame at `progress` in [0, 1] through `event`: moves and size changes glide, other changes switch."""
   a = float(np.clip((progress - 0.1) / 0.4, 0.0, 1.0))
@@ -171,7 +217,7 @@ def render(event: Event, progress: float, width: int, height: int) -> np.ndarray
   else:  # a shape appears or disappears halfway through the transition
     scene = event.after if a >= 0.5 else event.before
     pairs = zip(scene, scene, strict=True)
-  img = Image.new('RGB', (width, height), BACKGROUND)
+  img = Image.fromarray(background(event.setting, width, height).copy())
   draw = ImageDraw.Draw(img)
   for src, dst in pairs:
     (x0, y0), (x1, y1) = POSITIONS[src.position][0], POSITIONS[dst.position][0]

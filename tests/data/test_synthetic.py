@@ -88,6 +88,26 @@ def test_narration_describes_the_screen():
       assert f'{new.colour} {new.shape} appears {synthetic.POSITIONS[new.position][1]}' in text
 
 
+def test_setting_fills_the_background_and_is_named():
+  """One setting per video: every frame shows its backdrop wherever no shape is, and the narration names it."""
+  means = [synthetic.background(s, 48, 32).reshape(-1, 3).mean(0) for s in synthetic.SETTINGS]
+  assert min(np.abs(a - b).sum() for a, b in itertools.combinations(means, 2)) > 40  # distinct at a glance
+  for seed in range(4):
+    timed, texts = synthetic.make_video(np.random.default_rng(seed), CONFIG)
+    (setting,) = {te.event.setting for te in timed}
+    backdrop = synthetic.background(setting, CONFIG.width, CONFIG.height)
+    y, x = np.mgrid[0:CONFIG.height, 0:CONFIG.width]
+    for te in timed:
+      frame = synthetic.render(te.event, 1.0, CONFIG.width, CONFIG.height)
+      free = np.ones(frame.shape[:2], bool)
+      for obj in te.event.after:  # outside every shape's bounding square
+        (cx, cy), r = synthetic.POSITIONS[obj.position][0], synthetic.SIZES[obj.size] * CONFIG.height + 1
+        free &= (np.abs(x - cx * CONFIG.width) > r) | (np.abs(y - cy * CONFIG.height) > r)
+      np.testing.assert_array_equal(frame[free], backdrop[free])
+    assert all(synthetic.SETTINGS[setting] in t for t in texts)
+    assert not any(p in ' '.join(texts) for s, p in synthetic.SETTINGS.items() if s != setting)
+
+
 def test_order_words():
   _, texts = synthetic.make_video(np.random.default_rng(5), CONFIG)
   assert texts[0].startswith('First, ') and texts[-1].startswith('Finally, ')

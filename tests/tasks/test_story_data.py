@@ -6,6 +6,7 @@ import logging
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
@@ -131,9 +132,10 @@ def test_synthetic_stories_to_model_inputs(tmp_path):
   for b, story in enumerate(stories):
     shown = batch['true_position'][b]
     assert sorted(shown.tolist()) == list(range(5))
-    frames = np.stack([decode(j) for j in story.jpegs]).astype(float)  # 96x64 already: no resize
-    for s in range(5):  # the image in slot s is frame shown[s] (up to JPEG decoder differences;
-      diff = np.abs(batch['images'][b, s] - frames).mean((1, 2, 3))  # a story may repeat a frame)
+    # 96x64 already, so no resize: up to rounding, slot s holds libjpeg's decode of frame shown[s]
+    frames = np.stack([tf.io.decode_jpeg(j).numpy() for j in story.jpegs]).astype(float)
+    for s in range(5):  # (a story may repeat a frame, so compare distances)
+      diff = np.abs(batch['images'][b, s] - frames).mean((1, 2, 3))
       assert diff[shown[s]] == diff.min() < 0.5, diff
     for k, text in enumerate(story.captions):
       np.testing.assert_array_equal(batch['input_ids'][b, k], [START] + [100 + ord(c) % 400 for c in text[:7]])
