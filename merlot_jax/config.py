@@ -63,6 +63,7 @@ def default_config() -> ml_collections.ConfigDict:
   o.mask_replace_probs = (0.1, 0.8, 0.1)  # keep / MASK / random token
   o.contrast_temperature = 0.05
   o.contrast_weight = 0.25
+  o.contrast_center = False  # True: subtract each side's batch-mean projection first (not in the original)
   o.temporal_weight = 1.0
   o.image_shuffle_prob = 0.4
   o.shuffled_index_offset = 16  # shuffled frames use image-index rows offset + permutation

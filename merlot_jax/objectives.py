@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from merlot_jax.models.layers import l2_normalize
+
 MASK_ID = 1
 NUM_SPECIAL_IDS = 100  # ids below this are special (pad, MASK, START, ...) and never chosen on purpose
 ORIGINAL_EASY_INDEX = 64  # the released code's 'easy frame' test: image index < 64
@@ -234,6 +236,27 @@ def contrastive_loss(lang: jax.Array, viz: jax.Array, temperature: float,
                         precision=jax.lax.Precision.HIGHEST) / temperature
     losses[name] = jnp.mean(_cross_entropy(logits, labels))
   return weight * (losses['lang_to_viz'] + losses['viz_to_lang']) / 2, losses
+
+
+def center_projections(x: jax.Array) -> jax.Array:
+  """[N, C] projections minus their mean row, L2-normalised again (objectives.contrast_center).
+
+  Not in the original; configs/demo.py says why it is there. Trained from scratch, both sides'
+  projections soon share one dominant direction, and then the InfoNCE logits depend on the small
+  per-row parts only at second order, so the loss sits at ln(N) for hundreds of steps. Without the
+  shared part they act at first order. Under jit the mean is over the global batch.
+  """
+  chex.assert_rank(x, 2)
+  return l2_normalize(x - jnp.mean(x.astype(jnp.float32), axis=0, keepdims=True))
+
+
+def retrieval_top_k_accuracy(queries: jax.Array, keys: jax.Array, k: int) -> jax.Array:
+  """Fraction of rows i of queries [N, C] whose own key (row i of keys [N, C]) is among their k most
+  similar keys by dot product (k = 1: retrieval accuracy; chance k / N)."""
+  chex.assert_equal_shape([queries, keys])
+  scores = jnp.einsum('nc,mc->nm', queries, keys)
+  better = jnp.sum(scores > jnp.diagonal(scores)[:, None], axis=1)
+  return jnp.mean((better < k).astype(jnp.float32))
 
 
 # ----------------------------------------------------------------------------------------------

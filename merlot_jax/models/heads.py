@@ -8,9 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from merlot_jax.models.layers import Dense, LayerNorm, gelu, param
-
-L2_EPS = 1e-12  # tf.math.l2_normalize's epsilon on the squared norm
+from merlot_jax.models.layers import Dense, LayerNorm, gelu, l2_normalize, param
 
 
 class LMHead(nnx.Module):
@@ -39,8 +37,7 @@ class ContrastiveProjection(nnx.Module):
     self.out = Dense(size, size, (None, None), rngs=rngs, init_std=init_std, dtype=dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = self.out(self.norm(gelu(self.intermediate(x)))).astype(jnp.float32)
-    return y * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(y), -1, keepdims=True), L2_EPS))
+    return l2_normalize(self.out(self.norm(gelu(self.intermediate(x)))))
 
 
 def pairwise_concat(xa: jax.Array, xb: jax.Array) -> jax.Array:

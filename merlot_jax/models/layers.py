@@ -17,6 +17,13 @@ from flax import nnx
 from merlot_jax import sharding
 
 MASK_FILL = -1e10  # the original replaces masked scores by -1e10, so fully masked rows are uniform
+L2_EPS = 1e-12  # tf.math.l2_normalize's epsilon on the squared norm
+
+
+def l2_normalize(x: jax.Array) -> jax.Array:
+  """x / ||x|| over the last axis, as tf.math.l2_normalize (float32)."""
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), -1, keepdims=True), L2_EPS))
 
 
 def truncated_normal(std: float) -> nnx.Initializer:

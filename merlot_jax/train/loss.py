@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import einops
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from merlot_jax import objectives
 from merlot_jax.models.merlot import MerlotModel
+
+RETRIEVAL_METRICS = {'acc': 1, 'top10_acc': 10}  # transcript->frame: own frame first / among the 10 nearest
 
 
 def pretraining_loss(model: MerlotModel, batch: dict[str, jax.Array], rng: jax.Array,
@@ -49,6 +50,8 @@ def pretraining_loss(model: MerlotModel, batch: dict[str, jax.Array], rng: jax.A
   mlm_loss, mlm_acc = objectives.masked_lm_objective(joint.text, masked_idx, group_ids, model.lm_logits)
   text_proj = model.contrastive_text(einops.rearrange(lang.segment_states, 'b n d -> (b n) d'))
   frame_proj = model.contrastive_frame(vision.cls[:, 1])
+  if o.contrast_center:
+    text_proj, frame_proj = objectives.center_projections(text_proj), objectives.center_projections(frame_proj)
   contrast_loss, contrast = objectives.contrastive_loss(text_proj, frame_proj, o.contrast_temperature,
                                                         o.contrast_weight)
   temporal = model.temporal_logits(joint)
@@ -60,12 +63,7 @@ def pretraining_loss(model: MerlotModel, batch: dict[str, jax.Array], rng: jax.A
   total = mlm_loss + contrast_loss + temporal_loss
   metrics = {'loss': total, 'mlm/loss': mlm_loss, 'mlm/acc': mlm_acc, 'contrastive/loss': contrast_loss,
              **{f'contrastive/{k}': v for k, v in contrast.items()},
-             'contrastive/lang_to_viz_acc': _retrieval_accuracy(text_proj, frame_proj),
+             **{f'contrastive/lang_to_viz_{name}': objectives.retrieval_top_k_accuracy(text_proj, frame_proj, k)
+                for name, k in RETRIEVAL_METRICS.items()},
              'temporal/loss': temporal_loss, **{f'temporal/{k}': v for k, v in temporal_info.items() if k != 'loss'}}
   return total, metrics
-
-
-def _retrieval_accuracy(text: jax.Array, frames: jax.Array) -> jax.Array:
-  """Fraction of segments whose own frame is the nearest of all frames in the global batch."""
-  scores = jnp.einsum('nc,mc->nm', text, frames)
-  return jnp.mean((jnp.argmax(scores, axis=1) == jnp.arange(text.shape[0])).astype(jnp.float32))

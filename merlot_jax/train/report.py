@@ -1,14 +1,16 @@
 """After a pretraining run: a PNG of the training curves and a summary of held-out accuracy vs chance.
 
-Chance levels come from the held-out batches themselves: retrieval picks 1 of the global batch's
-segments; masked LM is compared with always predicting the most frequent real token; temporal
+Chance levels come from the held-out batches themselves: retrieval picks 1 (top-10: 10) of the global
+batch's segments; masked LM is compared with always predicting the most frequent real token; temporal
 ordering with always predicting the most frequent pair label (weighted as the loss weights pairs).
+The contrastive loss is compared with ln(segments per batch), the loss of a uniform guess.
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import math
 import pathlib
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -23,6 +25,8 @@ PLOTTED = (('loss', 'total loss'), ('mlm/loss', 'masked LM loss'), ('contrastive
            ('contrastive/lang_to_viz_acc', 'transcript->frame retrieval accuracy'),
            ('temporal/lang_viz_acc', 'transcript-frame order accuracy'),
            ('temporal/viz_viz_acc', 'frame-frame order accuracy'))
+SUMMARIZED = PLOTTED + (('contrastive/lang_to_viz_top10_acc', 'transcript->frame top-10 retrieval accuracy'),
+                        ('contrastive/lang_to_viz', 'transcript->frame contrastive loss'))
 
 
 def read_scalars(event_dir: str | pathlib.Path) -> dict[str, list[tuple[int, float]]]:
@@ -69,7 +73,8 @@ def plot_curves(scalars: Mapping[str, list[tuple[int, float]]], path: str | path
 
 
 def chance_levels(batches: Iterable[Mapping[str, np.ndarray]], config: ml_collections.ConfigDict) -> dict[str, float]:
-  """Accuracy of the best constant guess on these batches, for each accuracy the loss reports."""
+  """Accuracy of the best constant guess on these batches, for each accuracy the loss reports, and the
+  transcript->frame contrastive loss of a uniform guess."""
   m, o = config.model, config.objectives
   tokens, labels, weights = collections.Counter(), [], []
   for b in batches:
@@ -82,7 +87,9 @@ def chance_levels(batches: Iterable[Mapping[str, np.ndarray]], config: ml_collec
         o.shuffled_index_offset)))
   labels, weights = np.concatenate(labels), np.concatenate(weights)
   per_class = [weights[labels == c].sum() for c in range(4)]
-  return {'contrastive/lang_to_viz_acc': 1.0 / (config.train.global_batch_size * m.num_segments),
+  segments = config.train.global_batch_size * m.num_segments
+  return {'contrastive/lang_to_viz_acc': 1.0 / segments, 'contrastive/lang_to_viz_top10_acc': 10.0 / segments,
+          'contrastive/lang_to_viz': math.log(segments),
           'mlm/acc': max(tokens.values()) / sum(tokens.values()),
           'temporal/lang_viz_acc': max(per_class) / weights.sum(),
           'temporal/viz_viz_acc': max(per_class) / weights.sum()}
@@ -97,8 +104,8 @@ def write_summary(workdir: str | pathlib.Path, scalars: Mapping[str, list[tuple[
   """
   loss = scalars['loss']
   lines = [f'training loss: {loss[0][1]:.4f} at step {loss[0][0]} -> {loss[-1][1]:.4f} at step {loss[-1][0]}',
-           'held-out accuracy (chance = best constant guess on the same batches):']
-  for tag, title in PLOTTED:
+           'held-out accuracy and contrastive loss (chance = best constant guess on the same batches):']
+  for tag, title in SUMMARIZED:
     if tag in chance:
       lines.append(f'  {title:40s} {heldout[tag]:.3f}   chance {chance[tag]:.3f}')
   if stories is not None:
