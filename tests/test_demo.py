@@ -1,12 +1,13 @@
 """`make pretrain`'s pipeline end to end at a smaller scale: synthetic videos -> tokenizer -> corpus ->
 pretraining -> held-out report -> zero-shot story ordering.
 
-At 200 steps (half the demo) the loss falls clearly and the masked-LM and both temporal-order accuracies
-beat their chance levels. Retrieval is not asserted: the contrastive loss sits at ln(128) for the first
-270-340 steps of the full demo, depending on the seed (see the README). The story report is checked for
-form only."""
+The demo's corpus (300 videos, 70 held-out examples) trained for 200 of the demo's 400 steps: the loss
+falls clearly; on the held-out examples masked LM, top-10 transcript->frame retrieval and both temporal
+orders beat their chance levels, and the contrastive loss is below ln(128), a uniform guess over the 128
+segments of a batch. The story report is checked for form only."""
 
 import json
+import math
 import pathlib
 import subprocess
 import sys
@@ -14,12 +15,19 @@ import sys
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# Held-out accuracy over chance that the run must beat. Measured at step 200 on corpus and training seeds 0
+# and 1 (chance in brackets): masked LM 0.186 (0.145) and 0.214 (0.146); top-10 retrieval 0.326 and 0.154
+# (0.078); transcript-frame order 0.590 (0.348) and 0.638 (0.368); frame-frame order 0.444 and 0.522. The
+# contrastive loss was 4.05 and 4.35 against ln(128) = 4.85. Top-1 retrieval (0.037 and 0.008, chance
+# 0.008) is reported, not asserted: the model learns the setting first, which ~16 of the 128 frames share.
+ACCURACY_MARGINS = {'mlm/acc': 0.025, 'contrastive/lang_to_viz_top10_acc': 0.04, 'temporal/lang_viz_acc': 0.1,
+                    'temporal/viz_viz_acc': 0.05}
 
 
 @pytest.mark.slow
 def test_short_demo_run_learns(tmp_path):
   workdir = tmp_path / 'demo'
-  cmd = [sys.executable, str(REPO / 'scripts' / 'run_demo.py'), f'--workdir={workdir}', '--videos=120',
+  cmd = [sys.executable, str(REPO / 'scripts' / 'run_demo.py'), f'--workdir={workdir}',
          '--config.train.total_steps=200', '--config.train.eval_every=100', '--config.train.eval_steps=2',
          '--config.train.checkpoint_every=100']
   done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=2400)
@@ -29,8 +37,10 @@ def test_short_demo_run_learns(tmp_path):
   first, last = summary['train_loss_first'][1], summary['train_loss_last'][1]
   assert last < 0.85 * first, summary
   heldout, chance = summary['heldout'], summary['chance']
-  for metric, margin in {'mlm/acc': 0.05, 'temporal/lang_viz_acc': 0.1, 'temporal/viz_viz_acc': 0.05}.items():
+  for metric, margin in ACCURACY_MARGINS.items():
     assert heldout[metric] > chance[metric] + margin, (metric, summary)
+  assert chance['contrastive/lang_to_viz'] == pytest.approx(math.log(128))
+  assert heldout['contrastive/lang_to_viz'] < chance['contrastive/lang_to_viz'] - 0.25, summary
   stories = summary['stories']
   assert stories['stories'] == 100
   assert stories['random'] == pytest.approx({'spearman': 0.0, 'pairwise_accuracy': 0.5, 'mean_abs_distance': 1.6})
