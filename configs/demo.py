@@ -1,4 +1,4 @@
-"""The built-in CPU pretraining run: a small MERLOT on the synthetic corpus (about 20 minutes on 2 cores).
+"""The built-in CPU pretraining run: a small MERLOT on the synthetic corpus (about 23 minutes on 2 cores).
 
 `make pretrain` (scripts/run_demo.py) makes the corpus and tokenizer, then sets data.train_pattern,
 data.eval_pattern and model.vocab_size (the tokenizer's) itself.

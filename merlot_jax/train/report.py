@@ -107,10 +107,10 @@ def write_summary(workdir: str | pathlib.Path, scalars: Mapping[str, list[tuple[
            'held-out accuracy and contrastive loss (chance = best constant guess on the same batches):']
   for tag, title in SUMMARIZED:
     if tag in chance:
-      lines.append(f'  {title:40s} {heldout[tag]:.3f}   chance {chance[tag]:.3f}')
+      lines.append(f'  {title:44s} {heldout[tag]:.3f}   chance {chance[tag]:.3f}')
   if stories is not None:
     lines.append(f'zero-shot ordering of {stories["stories"]} held-out stories (random order in the last column):')
-    lines += [f'  {name:40s} {value:.3f}   random {stories["random"][name]:.3f}'
+    lines += [f'  {name:44s} {value:.3f}   random {stories["random"][name]:.3f}'
               for name, value in stories['model'].items()]
   text = '\n'.join(lines) + '\n'
   workdir = pathlib.Path(workdir)
