@@ -64,12 +64,23 @@ class GroupNorm(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    g = einops.rearrange(x.astype(jnp.float32), 'b h w (g c) -> b h w g c', g=GN_GROUPS)
-    mean = jnp.mean(g, axis=(1, 2, 4), keepdims=True)
-    var = jnp.mean(jnp.square(g), axis=(1, 2, 4), keepdims=True) - jnp.square(mean)
-    g = (g - mean) * jax.lax.rsqrt(var + GN_EPS)
-    y = einops.rearrange(g, 'b h w g c -> b h w (g c)') * self.scale[...] + self.bias[...]
-    return y.astype(self.dtype)
+    """(x - mean) * rsqrt(var + eps) * scale + bias, computed as one per-channel x * a + b.
+
+    The moments are reduced per channel first, then per group, and the normalisation is folded into
+    the affine: the same function as normalising a [b, h, w, groups, c] view, but 3-10x cheaper
+    forward and backward on CPU (no 5-D intermediate with a non-minor reduction).
+    """
+    x = x.astype(jnp.float32)
+    b, h, w, channels = x.shape
+    per_group = channels // GN_GROUPS
+    count = h * w * per_group
+    group_sum = lambda t: jnp.sum(t, axis=(1, 2)).reshape(b, GN_GROUPS, per_group).sum(-1)  # [b, groups]
+    mean = group_sum(x) / count
+    var = group_sum(jnp.square(x)) / count - jnp.square(mean)
+    to_channels = lambda t: jnp.repeat(t, per_group, axis=1)  # [b, groups] -> [b, channels]
+    a = to_channels(jax.lax.rsqrt(var + GN_EPS)) * self.scale[...]
+    shift = self.bias[...] - to_channels(mean) * a
+    return (x * a[:, None, None] + shift[:, None, None]).astype(self.dtype)
 
 
 class ConvNorm(nnx.Module):
