@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 
 from merlot_jax import objectives
+from merlot_jax.train.loss import RETRIEVAL_METRICS
 
 PLOTTED = (('loss', 'total loss'), ('mlm/loss', 'masked LM loss'), ('contrastive/loss', 'contrastive loss'),
            ('temporal/loss', 'temporal loss'), ('mlm/acc', 'masked LM accuracy'),
@@ -88,7 +89,7 @@ def chance_levels(batches: Iterable[Mapping[str, np.ndarray]], config: ml_collec
   labels, weights = np.concatenate(labels), np.concatenate(weights)
   per_class = [weights[labels == c].sum() for c in range(4)]
   segments = config.train.global_batch_size * m.num_segments
-  return {'contrastive/lang_to_viz_acc': 1.0 / segments, 'contrastive/lang_to_viz_top10_acc': 10.0 / segments,
+  return {**{f'contrastive/lang_to_viz_{name}': k / segments for name, k in RETRIEVAL_METRICS.items()},
           'contrastive/lang_to_viz': math.log(segments),
           'mlm/acc': max(tokens.values()) / sum(tokens.values()),
           'temporal/lang_viz_acc': max(per_class) / weights.sum(),
