@@ -19,6 +19,7 @@ from merlot_jax.config import load_config  # noqa: E402
 from merlot_jax.data.tokenizer import load_tokenizer  # noqa: E402
 from merlot_jax.tasks import finetune as ft  # noqa: E402
 from merlot_jax.tasks import mc_data  # noqa: E402
+from merlot_jax.train import logs  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -47,8 +48,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     return mc_data.training_batches(lambda seed: load(args.train_split, shuffle_seed=seed), config, tokenizer,
                                     start)
 
-  state = ft.finetune(config, args.workdir, batches_factory, init_checkpoint=args.init,
-                      progress=not args.no_progress)
+  with logs.library_info_to_file(pathlib.Path(args.workdir) / 'log.txt'):
+    state = ft.finetune(config, args.workdir, batches_factory, init_checkpoint=args.init,
+                        progress=not args.no_progress)
   eval_batches = mc_data.mc_batches(load(args.eval_split), config, tokenizer, config.train.global_batch_size)
   metrics = ft.summarize(ft.predict(config, state.params, eval_batches), config.finetune.heads)
   print(f'{task} {args.eval_split}: ' + ', '.join(f'{k} {v:.4f}' for k, v in metrics.items()) +

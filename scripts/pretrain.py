@@ -4,7 +4,6 @@
       --config.train.total_steps=20
 """
 
-import logging
 import pathlib
 import sys
 
@@ -16,7 +15,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from merlot_jax.config import validate  # noqa: E402
 from merlot_jax.data.pipeline import make_dataset  # noqa: E402
-from merlot_jax.train import loop  # noqa: E402
+from merlot_jax.train import logs, loop  # noqa: E402
 from merlot_jax.train.checkpoint import as_path  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'config file (configs/*.py)', lock_config=False)
@@ -29,7 +28,6 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv) -> None:
   del argv
-  logging.getLogger().setLevel(logging.INFO)
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
   config = validate(_CONFIG.value)
@@ -47,7 +45,8 @@ def main(argv) -> None:
   if d.eval_pattern:
     evaluate = lambda: make_dataset(config, d.eval_pattern, train=False, seed=d.seed, shuffle_frames=True)
   peak = None if _PEAK.value is None else _PEAK.value * 1e12
-  loop.train(config, workdir, train, eval_batches_factory=evaluate, peak_flops_per_device=peak)
+  with logs.library_info_to_file(workdir / 'log.txt' if jax.process_index() == 0 else None):
+    loop.train(config, workdir, train, eval_batches_factory=evaluate, peak_flops_per_device=peak)
 
 
 if __name__ == '__main__':

@@ -22,7 +22,7 @@ from merlot_jax.data.pipeline import make_dataset  # noqa: E402
 from merlot_jax.data.tokenizer import load_tokenizer, train_sentencepiece  # noqa: E402
 from merlot_jax.tasks import story_data  # noqa: E402
 from merlot_jax.tasks import story_ordering as so  # noqa: E402
-from merlot_jax.train import loop, report  # noqa: E402
+from merlot_jax.train import logs, loop, report  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/demo.py', 'config file', lock_config=False)
 _WORKDIR = flags.DEFINE_string('workdir', 'workdir/demo', 'everything the run makes goes here')
@@ -62,9 +62,12 @@ def order_stories(root: pathlib.Path) -> dict[str, dict[str, float]]:
 
 def main(argv) -> None:
   del argv
-  logging.getLogger().setLevel(logging.INFO)
   root = pathlib.Path(_WORKDIR.value)
-  config = _CONFIG.value
+  with logs.library_info_to_file(root / 'log.txt'):
+    run(root, _CONFIG.value)
+
+
+def run(root: pathlib.Path, config) -> None:
   prepare_data(config, root)
   config.model.vocab_size = load_tokenizer(root / 'tokenizer' / 'spm.model').vocab_size
   config.data.train_pattern = str(root / 'corpus' / 'train' / 'train-*.tfrecord')
@@ -84,7 +87,7 @@ def main(argv) -> None:
   chance = report.chance_levels(heldout(), config)
   report.plot_curves(scalars, root / 'curves.png')
   print(report.write_summary(root, scalars, results, chance, order_stories(root)))
-  print(f'curves: {root / "curves.png"}; summary: {root / "summary.txt"}')
+  print(f'curves: {root / "curves.png"}; summary: {root / "summary.txt"}; full log: {root / "log.txt"}')
 
 
 if __name__ == '__main__':

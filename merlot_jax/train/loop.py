@@ -11,6 +11,7 @@ import logging
 import pathlib
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 import jax
@@ -114,18 +115,26 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, batche
         if batch['input_ids'].shape[0] != t.global_batch_size:
           raise ValueError(f'the global batch has {batch["input_ids"].shape[0]} examples, '
                            f'config.train.global_batch_size = {t.global_batch_size}')
-        state, step_metrics = train_step(state, batch)
+        if step == start:  # the first call compiles: timed once, left out of the throughput
+          compile_start = time.perf_counter()
+          with logger.untimed():
+            state, step_metrics = train_step(state, batch)
+          logger.log_compile(step + 1, time.perf_counter() - compile_start)
+        else:
+          state, step_metrics = train_step(state, batch)
         step += 1
         logger.record(step, step_metrics)
         if step % t.log_every == 0:
           logger.flush()
         if eval_step is not None and eval_every and step % eval_every == 0:
-          scalars = evaluate(eval_step, state, eval_batches_factory(), batch_sh, t.get('eval_steps', 1))
+          with logger.untimed():
+            scalars = evaluate(eval_step, state, eval_batches_factory(), batch_sh, t.get('eval_steps', 1))
           logger.write(step, scalars, prefix='eval/')
         if step % t.checkpoint_every == 0 or preempted.requested or step == t.total_steps:
           logger.flush()  # the NaN guard runs before a checkpoint is written
           if ckpt.latest_step() != step:
-            ckpt.save(step, state, getattr(batches, 'position', None), force=True)
+            with logger.untimed():
+              ckpt.save(step, state, getattr(batches, 'position', None), force=True)
         if preempted.requested:
           ckpt.wait()
           logging.warning('preempted: checkpoint of step %d saved in %s', step, ckpt.directory)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import pathlib
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import jax
 import ml_collections
@@ -84,7 +85,8 @@ class MetricsLogger:
   for NaN/inf (naming the step), and writes the interval's mean as one log line and TensorBoard scalars.
 
   Call `flush()` at each log interval and before saving a checkpoint, so a checkpoint never holds
-  parameters from after a non-finite loss.
+  parameters from after a non-finite loss. Throughput (examples/s, TFLOP/s, MFU) counts train steps
+  only: wrap compiles, evaluations and checkpoint saves in `untimed()`.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, total_steps: int,
@@ -99,7 +101,8 @@ class MetricsLogger:
     self.bar = tqdm.tqdm(total=total_steps, initial=start_step, disable=not (progress and self.primary),
                          dynamic_ncols=True)
     self.pending: list[tuple[int, dict[str, jax.Array]]] = []
-    self.last_time, self.last_step = time.time(), start_step
+    self.last_time, self.last_step = time.perf_counter(), start_step
+    self.untimed_seconds = 0.0  # of the current interval
 
   def record(self, step: int, metrics: Mapping[str, jax.Array]) -> None:
     """`step` is the step the metrics belong to (1-based: the state's step after the update)."""
@@ -115,9 +118,9 @@ class MetricsLogger:
     for s, m in fetched:
       check_finite(s, m)
     step = fetched[-1][0]
-    now = time.time()
-    steps, seconds = step - self.last_step, max(now - self.last_time, 1e-9)
-    self.last_time, self.last_step = now, step
+    now = time.perf_counter()
+    steps, seconds = step - self.last_step, max(now - self.last_time - self.untimed_seconds, 1e-9)
+    self.last_time, self.last_step, self.untimed_seconds = now, step, 0.0
     mean = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[-1][1]}
     mean['examples_per_sec'] = steps * self.batch_size / seconds
     mean['steps_per_sec'] = steps / seconds
@@ -126,6 +129,24 @@ class MetricsLogger:
       mean['mfu'] = mean['tflops_per_sec'] * 1e12 / self.peak
     self.write(step, mean)
     return mean
+
+  @contextlib.contextmanager
+  def untimed(self) -> Iterator[None]:
+    """Leaves the wall time inside out of the throughput. Waits first for the steps already dispatched,
+    so that their time still counts."""
+    jax.block_until_ready([m for _, m in self.pending])
+    start = time.perf_counter()
+    try:
+      yield
+    finally:
+      self.untimed_seconds += time.perf_counter() - start
+
+  def log_compile(self, step: int, seconds: float) -> None:
+    """The train step's compile time, logged once (and as the TensorBoard scalar compile_seconds)."""
+    if self.primary:
+      logging.info('compiled the train step in %.1f s', seconds)
+      with self.writer.as_default(step=step):
+        tf.summary.scalar('compile_seconds', seconds)
 
   def write(self, step: int, scalars: Mapping[str, float], prefix: str = '') -> None:
     if not self.primary:

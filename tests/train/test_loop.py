@@ -38,7 +38,7 @@ def test_train_logs_evaluates_and_checkpoints(tmp_path):
   for path in (tmp_path / 'train').glob('events.out.tfevents.*'):
     for event in tf.compat.v1.train.summary_iterator(str(path)):
       tags |= {v.tag for v in event.summary.value}
-  assert {'loss', 'mlm/loss', 'eval/loss', 'grad_norm', 'examples_per_sec', 'tflops_per_sec'} <= tags
+  assert {'loss', 'mlm/loss', 'eval/loss', 'grad_norm', 'examples_per_sec', 'tflops_per_sec', 'compile_seconds'} <= tags
 
 
 def test_nan_loss_stops_with_step_and_metric(tmp_path, monkeypatch):
