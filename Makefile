@@ -18,10 +18,10 @@ $(STAMP): pyproject.toml requirements.lock
 	touch $(STAMP)
 
 test: setup
-	$(TEST_ENV) $(PY) -m pytest -n 2 --dist loadfile tests
+	$(TEST_ENV) $(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder tests
 
 test-fast: setup
-	$(TEST_ENV) $(PY) -m pytest -n 2 --dist loadfile -m "not slow" tests
+	$(TEST_ENV) $(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder -m "not slow" tests
 
 lint: setup
 	$(PY) -m ruff check merlot_jax scripts tests configs

@@ -4,10 +4,12 @@ pretraining -> held-out report -> zero-shot story ordering.
 The demo's corpus (300 videos, 70 held-out examples) trained for 200 of the demo's 400 steps: the loss
 falls clearly; on the held-out examples masked LM, top-10 transcript->frame retrieval and both temporal
 orders beat their chance levels, and the contrastive loss is below ln(128), a uniform guess over the 128
-segments of a batch. The story report is checked for form only."""
+segments of a batch; the zero-shot ordering of the 100 held-out stories beats a random order. It runs on one
+CPU device with XLA's default flags, as `make pretrain` does."""
 
 import json
 import math
+import os
 import pathlib
 import subprocess
 import sys
@@ -32,7 +34,8 @@ def test_short_demo_run_learns(tmp_path):
   cmd = [sys.executable, str(REPO / 'scripts' / 'run_demo.py'), f'--workdir={workdir}',
          '--config.train.total_steps=200', '--config.train.eval_every=100', '--config.train.eval_steps=2',
          '--config.train.checkpoint_every=100']
-  done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=2400)
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # one CPU device and XLA's defaults,
+  done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=2400, env=env)  # as make pretrain
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
   summary = json.loads((workdir / 'summary.json').read_text())
   assert (workdir / 'curves.png').stat().st_size > 10_000
@@ -46,4 +49,6 @@ def test_short_demo_run_learns(tmp_path):
   stories = summary['stories']
   assert stories['stories'] == 100
   assert stories['random'] == pytest.approx({'spearman': 0.0, 'pairwise_accuracy': 0.5, 'mean_abs_distance': 1.6})
-  assert -1 <= stories['model']['spearman'] <= 1 and 0 <= stories['model']['pairwise_accuracy'] <= 1
+  model = stories['model']
+  assert model['spearman'] > 0 and model['pairwise_accuracy'] > 0.5, stories  # ordered better than at random
+  assert model['mean_abs_distance'] < stories['random']['mean_abs_distance'], stories

@@ -177,23 +177,27 @@ def colour_problems(count: int, seed: int) -> list[mc_data.Problem]:
 
 
 def test_finetunes_tiny_model_above_chance(tmp_path):
-  """Init: the tiny config's random initialisation saved as a params checkpoint (no pretraining)."""
+  """Init: the tiny config's random initialisation saved as a params checkpoint (no pretraining). One device:
+  the task, not the sharding, is under test (the trainer's meshes are tests/train's)."""
   start = time.time()
   tok = WordTokenizer(WORDS)
-  steps = 80
+  steps = 200
   config = tiny_task(steps=steps, batch=8, lr=3e-3)
   save_params(tmp_path / 'init', build_model(load_config(REPO / 'configs' / 'tiny.py'), seed=3), config)
 
-  train = list(mc_data.mc_batches(colour_problems(64, seed=1), config, tok, 8))
+  train = list(mc_data.mc_batches(colour_problems(256, seed=1), config, tok, 8))
   state = ft.finetune(config, tmp_path / 'work', lambda s, p: itertools.islice(itertools.cycle(train), s, None),
-                      init_checkpoint=tmp_path / 'init', progress=False)
+                      init_checkpoint=tmp_path / 'init', progress=False, devices=jax.devices()[:1])
   assert int(state.step) == steps
 
   held_out = mc_data.mc_batches(colour_problems(64, seed=2), config, tok, 8)
-  metrics = ft.summarize(ft.predict(config, state.params, held_out), config.finetune.heads)
+  metrics = ft.summarize(ft.predict(config, jax.device_get(state.params), held_out), config.finetune.heads)
   print(f'synthetic colour task: held-out accuracy {metrics["answer_accuracy"]:.3f} vs chance '
         f'{ft.chance(config):.2f} after {steps} steps ({time.time() - start:.0f} s)')
   # Chance is 0.25; with 64 held-out questions its standard deviation is 0.054, so 0.45 is 3.7 sigma above.
+  # Learning the colour from scratch is slow and seed-dependent: after 80 steps on 64 problems, model seeds
+  # 3 / 4 / 5 gave 0.28 / 0.48 / 0.33 (and 0.53 for seed 3 before a float-rounding-level change to GroupNorm);
+  # after these 200 steps on 256 problems, 0.67 / 0.67 / 0.47.
   assert metrics['answer_accuracy'] > 0.45
 
 
