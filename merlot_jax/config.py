@@ -104,6 +104,7 @@ def default_config() -> ml_collections.ConfigDict:
   t.keep_checkpoints = 3
   t.eval_every = 0  # steps between evaluations on data.eval_pattern; 0: none
   t.eval_steps = 10  # batches per evaluation
+  t.max_consecutive_skips = 5  # non-finite steps in a row (each skipped, params unchanged) before the run stops
   t.seed = 0
 
   c.mesh = ml_collections.ConfigDict()
@@ -195,6 +196,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
            "must be 'original' or 'intended'")
   t = c.train
   _require(t.global_batch_size >= 1, 'train.global_batch_size', t.global_batch_size, 'must be positive')
+  _require(t.max_consecutive_skips >= 1, 'train.max_consecutive_skips', t.max_consecutive_skips,
+           'must be at least 1 (the number of non-finite steps in a row that stops the run)')
   return c
 
 

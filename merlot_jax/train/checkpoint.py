@@ -19,7 +19,7 @@ from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from merlot_jax.config import validate
+from merlot_jax.config import default_config, validate
 
 
 def as_path(path: str | os.PathLike) -> epath.Path:
@@ -43,7 +43,9 @@ def load_config_json(directory: str | pathlib.Path) -> ml_collections.ConfigDict
   path = as_path(directory) / 'config.json'
   if not path.is_file():
     raise FileNotFoundError(f'{path} is missing: not a merlot_jax params checkpoint')
-  return validate(ml_collections.ConfigDict(json.loads(path.read_text(), object_hook=_lists_to_tuples)))
+  config = default_config()  # fields added to the defaults since the checkpoint was written keep them
+  config.update(ml_collections.ConfigDict(json.loads(path.read_text(), object_hook=_lists_to_tuples)))
+  return validate(config)
 
 
 def _lists_to_tuples(obj: dict) -> dict:

@@ -1,10 +1,10 @@
-"""Training metrics: analytic FLOPs, one log line per interval, TensorBoard, progress bar, NaN guard."""
+"""Training metrics: analytic FLOPs, one log line per interval, TensorBoard, progress bar, and the count of
+steps the non-finite guard skipped (train/step.py), stopping the run after too many in a row."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import pathlib
 import time
@@ -20,7 +20,7 @@ from merlot_jax.config import model_sizes
 
 
 class NonFiniteError(FloatingPointError):
-  """A loss metric became NaN or inf."""
+  """Too many consecutive train steps had a non-finite loss, gradient or update."""
 
 
 def _transformer_flops(tokens: int, layers: int, hidden: int, mlp: int) -> float:
@@ -72,20 +72,18 @@ def model_flops_per_example(config: ml_collections.ConfigDict, *, train: bool = 
   return 3.0 * forward if train else forward
 
 
-def check_finite(step: int, metrics: Mapping[str, float]) -> None:
-  """Raises NonFiniteError naming `step` and the first non-finite loss metric."""
-  for name, value in metrics.items():
-    if 'loss' in name and not math.isfinite(value):
-      raise NonFiniteError(f'step {step}: metric {name!r} is {value}; stopping (the last checkpoint '
-                           'precedes it)')
+# Per-step outputs of the train step's non-finite guard, counted rather than averaged.
+GUARD_METRICS = ('skipped', 'nonfinite/loss', 'nonfinite/grads', 'nonfinite/updates')
 
 
 class MetricsLogger:
-  """Collects each step's device metrics without blocking; `flush()` fetches them, checks every step
-  for NaN/inf (naming the step), and writes the interval's mean as one log line and TensorBoard scalars.
+  """Collects each step's device metrics without blocking; `flush()` fetches them, counts the steps the
+  train step skipped as non-finite (`skipped_steps`; NonFiniteError after config.train.max_consecutive_skips
+  in a row, naming the step and what was non-finite), and writes the interval's mean over the steps that
+  were not skipped as one log line and TensorBoard scalars.
 
-  Call `flush()` at each log interval and before saving a checkpoint, so a checkpoint never holds
-  parameters from after a non-finite loss. Throughput (examples/s, TFLOP/s, MFU) counts train steps
+  Call `flush()` at each log interval and before saving a checkpoint, so that a run that keeps failing
+  stops before it writes another checkpoint. Throughput (examples/s, TFLOP/s, MFU) counts train steps
   only: wrap compiles, evaluations and checkpoint saves in `untimed()`.
   """
 
@@ -103,6 +101,8 @@ class MetricsLogger:
     self.pending: list[tuple[int, dict[str, jax.Array]]] = []
     self.last_time, self.last_step = time.perf_counter(), start_step
     self.untimed_seconds = 0.0  # of the current interval
+    self.max_consecutive_skips = config.train.max_consecutive_skips
+    self.consecutive_skips = self.skipped_steps = 0
 
   def record(self, step: int, metrics: Mapping[str, jax.Array]) -> None:
     """`step` is the step the metrics belong to (1-based: the state's step after the update)."""
@@ -116,12 +116,14 @@ class MetricsLogger:
     fetched = [(s, {k: float(v) for k, v in jax.device_get(m).items()}) for s, m in self.pending]
     self.pending = []
     for s, m in fetched:
-      check_finite(s, m)
+      self._count_skip(s, m)
     step = fetched[-1][0]
     now = time.perf_counter()
     steps, seconds = step - self.last_step, max(now - self.last_time - self.untimed_seconds, 1e-9)
     self.last_time, self.last_step, self.untimed_seconds = now, step, 0.0
-    mean = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[-1][1]}
+    kept = [m for _, m in fetched if not m.get('skipped')] or [m for _, m in fetched]
+    mean = {k: float(np.mean([m[k] for m in kept])) for k in kept[0] if k not in GUARD_METRICS}
+    mean['skipped_steps'] = self.skipped_steps
     mean['examples_per_sec'] = steps * self.batch_size / seconds
     mean['steps_per_sec'] = steps / seconds
     mean['tflops_per_sec'] = mean['examples_per_sec'] * self.flops_per_example / 1e12
@@ -129,6 +131,19 @@ class MetricsLogger:
       mean['mfu'] = mean['tflops_per_sec'] * 1e12 / self.peak
     self.write(step, mean)
     return mean
+
+  def _count_skip(self, step: int, m: Mapping[str, float]) -> None:
+    if not m.get('skipped'):
+      self.consecutive_skips = 0
+      return
+    self.consecutive_skips += 1
+    self.skipped_steps += 1
+    what = ', '.join(k.split('/')[1] for k in GUARD_METRICS[1:] if m.get(k)) or 'values'
+    logging.warning('step %d skipped: non-finite %s (params and optimizer state unchanged)', step, what)
+    if self.consecutive_skips >= self.max_consecutive_skips:
+      raise NonFiniteError(f'step {step}: {self.consecutive_skips} steps in a row had non-finite {what} '
+                           f'(config.train.max_consecutive_skips = {self.max_consecutive_skips}); stopping. '
+                           'None of them changed the params; the last checkpoint precedes them.')
 
   @contextlib.contextmanager
   def untimed(self) -> Iterator[None]:

@@ -53,8 +53,11 @@ def jit_train_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, tx
   """The jitted train step itself (for `.lower(...)` on abstract inputs, e.g. ahead-of-time compiles);
   call or lower it inside `jax.set_mesh(mesh)`. `make_train_step` wraps it for training.
 
-  Metrics: the loss terms of `loss_fn` (`pretraining_loss` by default) plus grad_norm, param_norm and
-  learning_rate (the rate this step used).
+  Metrics: the loss terms of `loss_fn` (`pretraining_loss` by default) plus grad_norm, param_norm,
+  learning_rate (the rate this step used) and the non-finite guard's: a step whose loss, gradients or
+  updates hold a NaN or inf leaves params and optimizer state as they were (the step counter still
+  advances, as does the data) and reports `skipped` = 1 with which of the three was non-finite
+  (`nonfinite/loss`, `nonfinite/grads`, `nonfinite/updates`).
   """
   loss_fn = pretraining_loss if loss_fn is None else loss_fn  # looked up per call (tests patch it)
   schedule = learning_rate_schedule(config.optim.learning_rate, config.optim.warmup_steps,
@@ -66,11 +69,18 @@ def jit_train_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, tx
     def objective(params):
       return loss_fn(merge(graphdef, params), batch, rng, config, train=True)
 
-    (_, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    (loss, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {**metrics, 'grad_norm': _l2_norm(grads), 'param_norm': _l2_norm(params),
-               'learning_rate': schedule(state.step)}
+    grad_norm = _l2_norm(grads)
+    nonfinite = {'loss': ~jnp.isfinite(loss), 'grads': ~jnp.isfinite(grad_norm),
+                 'updates': ~jnp.isfinite(_l2_norm(updates))}  # a norm is finite iff every entry is
+    skip = nonfinite['loss'] | nonfinite['grads'] | nonfinite['updates']
+    keep_if_skipped = lambda new, old: jax.tree.map(lambda n, o: jnp.where(skip, o, n), new, old)
+    params = keep_if_skipped(optax.apply_updates(state.params, updates), state.params)
+    opt_state = keep_if_skipped(opt_state, state.opt_state)
+    metrics = {**metrics, 'grad_norm': grad_norm, 'param_norm': _l2_norm(params),
+               'learning_rate': schedule(state.step), 'skipped': skip.astype(jnp.float32),
+               **{f'nonfinite/{k}': v.astype(jnp.float32) for k, v in nonfinite.items()}}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   replicated = NamedSharding(mesh, PartitionSpec())

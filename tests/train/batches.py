@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from merlot_jax.data.random_batch import random_batch, random_batches
 
@@ -27,3 +30,28 @@ def micro_config(**mesh) -> ml_collections.ConfigDict:
   c.train.total_steps = 100
   c.mesh.update(mesh)
   return validate(c)
+
+
+POISON_MARK = 7  # video_src_ids of a batch whose gradients `nan_gradient_loss` makes NaN
+
+
+def mark_poisoned(batch: dict) -> dict:
+  return {**batch, 'video_src_ids': np.full_like(batch['video_src_ids'], POISON_MARK)}
+
+
+@jax.custom_vjp
+def _nan_gradient_if(x, flag):
+  return x
+
+
+_nan_gradient_if.defvjp(lambda x, flag: (x, flag), lambda flag, g: (jnp.where(flag, jnp.nan, g), None))
+
+
+def nan_gradient_loss(loss_fn):
+  """`loss_fn` whose loss is unchanged (finite) but whose gradients are NaN on `mark_poisoned` batches."""
+
+  def poisoned(model, batch, rng, config, train=True):
+    loss, m = loss_fn(model, batch, rng, config, train=train)
+    return _nan_gradient_if(loss, batch['video_src_ids'][0, 0] == POISON_MARK), m
+
+  return poisoned

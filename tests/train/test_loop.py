@@ -1,15 +1,16 @@
-"""The loop end to end on one device: logs, TensorBoard, eval, checkpoints, and the NaN guard."""
+"""The loop end to end on one device: logs, TensorBoard, eval, checkpoints, and the non-finite guard."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow as tf
+from flax import nnx
 
 from merlot_jax.config import load_config
-from merlot_jax.train import loop, metrics
+from merlot_jax.pretrained import load_pretrained
+from merlot_jax.train import loop, metrics, report
 from merlot_jax.train import step as step_lib
-from tests.train.batches import micro_config, synthetic_batch, synthetic_batches
+from tests.train.batches import mark_poisoned, micro_config, nan_gradient_loss, synthetic_batch, synthetic_batches
 
 PAPER_GFLOPS = {'vit': 774, 'joint': 294, 'resnet': 212, 'langonly': 97, 'lm_head': 8}
 
@@ -41,32 +42,27 @@ def test_train_logs_evaluates_and_checkpoints(tmp_path):
   assert {'loss', 'mlm/loss', 'eval/loss', 'grad_norm', 'examples_per_sec', 'tflops_per_sec', 'compile_seconds'} <= tags
 
 
-def test_nan_loss_stops_with_step_and_metric(tmp_path, monkeypatch):
-  config = _config(6)
-  real_loss = step_lib.pretraining_loss
-
-  def poisoned_loss(model, batch, rng, config, train=True):
-    loss, m = real_loss(model, batch, rng, config, train=train)
-    bad = jnp.where(batch['video_src_ids'][0, 0] == 7, jnp.nan, 0.0)  # the marked batch
-    return loss + bad, {**m, 'loss': m['loss'] + bad}
+def test_nonfinite_steps_are_skipped_counted_and_stop_the_run_when_persistent(tmp_path, monkeypatch):
+  """Gradients NaN while the loss stays finite: step 3 alone is skipped and counted; steps 6-8 in a row
+  stop the run at step 8 (max_consecutive_skips = 3), and the last checkpoint's params are finite."""
+  config = _config(10)
+  config.train.max_consecutive_skips = 3
+  monkeypatch.setattr(step_lib, 'pretraining_loss', nan_gradient_loss(step_lib.pretraining_loss))
 
   def batches(start, _):
     for i, b in enumerate(synthetic_batches(config, 8, start_step=start)):
-      if start + i == 2:  # the third step (step 3 after its update)
-        b['video_src_ids'] = np.full_like(b['video_src_ids'], 7)
-      yield b
+      yield mark_poisoned(b) if start + i + 1 in (3, 6, 7, 8) else b
 
-  monkeypatch.setattr(step_lib, 'pretraining_loss', poisoned_loss)
-  with pytest.raises(metrics.NonFiniteError, match=r"step 3: metric 'loss' is nan"):
+  with pytest.raises(metrics.NonFiniteError, match=r'step 8: 3 steps in a row had non-finite grads, updates'):
     loop.train(config, tmp_path, batches, progress=False, devices=jax.devices()[:1])
-  saved = [p.name for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit()]
-  assert saved == ['2'], f'a checkpoint after the NaN was written: {saved}'
-
-
-def test_check_finite_names_the_metric():
-  metrics.check_finite(5, {'loss': 1.0, 'grad_norm': float('inf')})  # only losses are guarded
-  with pytest.raises(metrics.NonFiniteError, match=r"step 5: metric 'temporal/loss' is inf"):
-    metrics.check_finite(5, {'loss': 1.0, 'temporal/loss': float('inf')})
+  saved = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
+  assert saved == [2, 4, 6], saved
+  scalars = report.read_scalars(tmp_path / 'train')
+  assert dict(scalars['skipped_steps']) == {2: 0, 4: 1, 6: 2}, scalars['skipped_steps']
+  assert all(np.isfinite(v) for _, v in scalars['loss'] + scalars['grad_norm'])  # means over kept steps
+  (tmp_path / 'config.json').write_text(config.to_json())
+  model, _ = load_pretrained(tmp_path)  # the step-6 checkpoint
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
 def test_synthetic_batch_matches_the_layout():

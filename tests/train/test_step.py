@@ -1,4 +1,5 @@
-"""State creation, the train step (overfitting a batch) and equality of one step across meshes."""
+"""State creation, the train step (overfitting a batch, skipping a non-finite one) and equality of one step
+across meshes."""
 
 import jax
 import numpy as np
@@ -8,7 +9,7 @@ from merlot_jax import sharding
 from merlot_jax.train import optim
 from merlot_jax.train import state as state_lib
 from merlot_jax.train import step as step_lib
-from tests.train.batches import micro_config, synthetic_batch
+from tests.train.batches import mark_poisoned, micro_config, nan_gradient_loss, synthetic_batch
 
 
 def _setup(config, devices=None):
@@ -43,6 +44,32 @@ def test_overfits_a_fixed_batch():
   assert float(metrics['grad_norm']) > 0 and float(metrics['param_norm']) > 0
   np.testing.assert_allclose(float(metrics['learning_rate']),
                              optim.learning_rate_schedule(3e-3, 1, 100)(29), rtol=1e-6)
+
+
+def test_a_step_with_nonfinite_gradients_changes_nothing_but_the_step(monkeypatch):
+  monkeypatch.setattr(step_lib, 'pretraining_loss', nan_gradient_loss(step_lib.pretraining_loss))
+  config = micro_config(data=1, fsdp=1, tensor=1)
+  mesh, graphdef, state, shardings, tx = _setup(config, jax.devices()[:1])
+  train_step = step_lib.make_train_step(config, graphdef, tx, mesh, shardings)
+  batch = lambda b: step_lib.global_batch(b, step_lib.batch_shardings(mesh, config))
+  good = synthetic_batch(config, 8, seed=0)
+  state, metrics = train_step(state, batch(good))
+  assert float(metrics['skipped']) == 0
+  before = jax.device_get(state)  # the state is donated to the next call
+  state, metrics = train_step(state, batch(mark_poisoned(good)))
+  assert int(state.step) == 2 and np.isfinite(float(metrics['loss']))  # the loss itself stays finite
+  assert {k: float(metrics[f'nonfinite/{k}']) for k in ('loss', 'grads', 'updates')} == {
+      'loss': 0, 'grads': 1, 'updates': 1}
+  assert float(metrics['skipped']) == 1
+  after = jax.device_get(state)
+  for a, b in zip(jax.tree.leaves((before.params, before.opt_state)), jax.tree.leaves((after.params, after.opt_state)),
+                  strict=True):
+    np.testing.assert_array_equal(a, b)
+  state, metrics = train_step(state, batch(good))  # and the next finite step updates again
+  assert float(metrics['skipped']) == 0
+  changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after.params),
+                                                      jax.tree.leaves(jax.device_get(state.params)), strict=True)]
+  assert any(changed)
 
 
 MESHES = [(8, 1, 1), (2, 4, 1), (1, 4, 2), (2, 2, 2)]
