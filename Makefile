@@ -30,8 +30,9 @@ lint: setup
 pretrain: setup
 	JAX_PLATFORMS=cpu TF_CPP_MIN_LOG_LEVEL=2 $(PY) scripts/run_demo.py --config $(CONFIG) --workdir $(WORKDIR)
 
+# One CPU device (no fake devices: they would share the same cores), as make pretrain runs.
 bench: setup
-	$(TEST_ENV) $(PY) scripts/benchmark.py train --config configs/tiny.py
+	JAX_PLATFORMS=cpu TF_CPP_MIN_LOG_LEVEL=2 $(PY) scripts/benchmark.py train --config configs/tiny.py
 
 aot: setup
 	$(PY) scripts/aot_compile.py --config configs/base.py --topology v3-1024 --config.mesh.data=256 --config.mesh.fsdp=4
