@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
   parser.add_argument('--train_split', default='train')
   parser.add_argument('--eval_split', default='val')
   parser.add_argument('--no_progress', action='store_true')
+  parser.add_argument('--config_override_ok', action='store_true',
+                      help='resume WORKDIR even if the config changes what the run trains')
   args = parser.parse_args(argv)
 
   config = ft.load_finetune_config(load_config(args.config), args.init)
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
   with logs.library_info_to_file(pathlib.Path(args.workdir) / 'log.txt'):
     state = ft.finetune(config, args.workdir, batches_factory, init_checkpoint=args.init,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, config_override_ok=args.config_override_ok)
   eval_batches = mc_data.mc_batches(load(args.eval_split), config, tokenizer, config.train.global_batch_size)
   metrics = ft.summarize(ft.predict(config, state.params, eval_batches), config.finetune.heads)
   print(f'{task} {args.eval_split}: ' + ', '.join(f'{k} {v:.4f}' for k, v in metrics.items()) +

@@ -23,6 +23,8 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'checkpoints, TensorBoard events
 _DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'multi-host run (TPU pod): jax.distributed.initialize() '
                                   'with the coordinator auto-detected')
 _PEAK = flags.DEFINE_float('peak_tflops_per_device', None, 'accelerator peak TFLOP/s per device, for MFU')
+_OVERRIDE = flags.DEFINE_bool('config_override_ok', False, 'resume even if the config changes what the run trains '
+                               '(model, objectives, optimizer, data, global batch size)')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -38,7 +40,6 @@ def main(argv) -> None:
   workdir = as_path(_WORKDIR.value)
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / 'config.json').write_text(config.to_json(indent=1))
   train = lambda start, position: make_dataset(config, d.train_pattern, train=True, seed=d.seed,
                                                start_step=start, start_position=position)
   evaluate = None
@@ -46,7 +47,8 @@ def main(argv) -> None:
     evaluate = lambda: make_dataset(config, d.eval_pattern, train=False, seed=d.seed, shuffle_frames=True)
   peak = None if _PEAK.value is None else _PEAK.value * 1e12
   with logs.library_info_to_file(workdir / 'log.txt' if jax.process_index() == 0 else None):
-    loop.train(config, workdir, train, eval_batches_factory=evaluate, peak_flops_per_device=peak)
+    loop.train(config, workdir, train, eval_batches_factory=evaluate, peak_flops_per_device=peak,
+               config_override_ok=_OVERRIDE.value)
 
 
 if __name__ == '__main__':

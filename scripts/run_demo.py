@@ -74,8 +74,6 @@ def run(root: pathlib.Path, config) -> None:
   config.data.eval_pattern = str(root / 'corpus' / 'heldout' / 'train-*.tfrecord')
   config = validate(config)
   d = config.data
-  (root / 'run').mkdir(parents=True, exist_ok=True)
-  (root / 'run' / 'config.json').write_text(config.to_json(indent=1))  # load_pretrained reads it
   heldout = lambda: make_dataset(config, d.eval_pattern, train=False, seed=d.seed, shuffle_frames=True)
   state = loop.train(
       config, root / 'run',

@@ -172,14 +172,15 @@ def pretrained_init(checkpoint: str | pathlib.Path, config: ml_collections.Confi
 def finetune(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, batches_factory: loop.BatchesFactory,
              *, init_checkpoint: str | pathlib.Path | None, progress: bool = True,
              eval_batches_factory: Callable[[], Iterator[dict[str, np.ndarray]]] | None = None,
-             devices: Sequence[jax.Device] | None = None) -> state_lib.TrainState:
+             devices: Sequence[jax.Device] | None = None, config_override_ok: bool = False
+             ) -> state_lib.TrainState:
   """Trains the multiple-choice model with the pretraining loop (mesh, sharded state, donated jitted
   step, Orbax checkpoints and resume, metrics). `init_checkpoint`: params checkpoint for the body
   (None: random init, for tests of the plumbing only)."""
   init = None if init_checkpoint is None else pretrained_init(init_checkpoint, config)
   return loop.train(config, workdir, batches_factory, eval_batches_factory=eval_batches_factory, progress=progress,
                     devices=devices, model_fn=multiple_choice_model, loss_fn=mc_loss_fn, batch_ndims=MC_BATCH,
-                    init_params=init)
+                    init_params=init, config_override_ok=config_override_ok)
 
 
 # --- evaluation ----------------------------------------------------------------------------------

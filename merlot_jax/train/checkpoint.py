@@ -8,6 +8,7 @@ temporary directory and renames it when complete, so a crash never leaves a half
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 
@@ -72,6 +73,10 @@ def restore_params(directory: str | pathlib.Path, model: nnx.Module) -> None:
 # Training checkpoints: the whole TrainState plus the data position, every N steps, keeping K.
 
 
+class CheckpointError(RuntimeError):
+  """No checkpoint of a training run can be restored."""
+
+
 class TrainCheckpointer:
   """Orbax CheckpointManager for `TrainState` (params, optimizer state, step, RNG) and the input
   position. Saves are asynchronous (training continues while arrays are written) and atomic (a step
@@ -114,6 +119,33 @@ class TrainCheckpointer:
     positions = data.get('positions') or [None]
     data['position'] = positions[jax.process_index()] if len(positions) > jax.process_index() else None
     return restored.state, data
+
+  def restore_newest_readable(self, abstract_state):
+    """(state, data) of the newest checkpoint that restores. Newer ones that cannot be restored (a missing
+    or truncated file) are moved aside to `<step>.unreadable` with a warning naming the step and why, so
+    nothing is deleted and the run saves those steps again. When none restores, raises CheckpointError
+    naming each step tried and its error, and moves nothing."""
+    failed = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        restored = self.restore(abstract_state, step)
+      except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many types for a bad file
+        failed.append((step, f'{type(e).__name__}: {str(e)[:300]}'))
+        continue
+      for bad, why in failed:
+        logging.warning('checkpoint of step %d in %s cannot be restored (%s); resuming from step %d and moving '
+                        'it to %d.unreadable', bad, self.directory, why, step, bad)
+        self._set_aside(bad)
+      return restored
+    tried = '\n'.join(f'  step {step}: {why}' for step, why in failed) or '  (none)'
+    raise CheckpointError(f'no checkpoint in {self.directory} can be restored; tried, newest first:\n{tried}')
+
+  def _set_aside(self, step: int) -> None:
+    if jax.process_index() == 0:
+      (self.directory / str(step)).rename(self.directory / f'{step}.unreadable')
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'set aside checkpoint {step}')
+    self.manager.reload()
 
   def wait(self) -> None:
     """Blocks until the pending save is on disk."""

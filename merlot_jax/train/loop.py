@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 
 from merlot_jax import sharding
+from merlot_jax import workdir as workdir_lib
 from merlot_jax.train import checkpoint, optim
 from merlot_jax.train import metrics as metrics_lib
 from merlot_jax.train import state as state_lib
@@ -75,8 +76,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, batche
           peak_flops_per_device: float | None = None, progress: bool = True,
           devices: Sequence[jax.Device] | None = None, model_fn: state_lib.ModelFn = state_lib.merlot_model,
           loss_fn: step_lib.LossFn | None = None, batch_ndims: dict[str, int] | None = None,
-          init_params: Callable[[state_lib.Params], state_lib.Params] | None = None) -> state_lib.TrainState:
+          init_params: Callable[[state_lib.Params], state_lib.Params] | None = None,
+          config_override_ok: bool = False) -> state_lib.TrainState:
   """Trains to config.train.total_steps, resuming from workdir/checkpoints if one is there.
+
+  Writes workdir/config.json; on resume, a config that changes what the run trains stops it first
+  (merlot_jax/workdir.py; `config_override_ok` accepts any change). An unreadable latest checkpoint is
+  set aside and the newest readable one restored.
 
   Evaluates every config.train.eval_every steps (0: never) on config.train.eval_steps batches of a
   fresh `eval_batches_factory()` iterator. `devices` default to all. Returns the final state (also saved).
@@ -90,9 +96,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, batche
   tx = optim.make_optimizer(config.optim, t.total_steps)
   graphdef, abstract, shardings = state_lib.state_shardings(config, mesh, tx, model_fn)
   ckpt = checkpoint.TrainCheckpointer(workdir / 'checkpoints', every=t.checkpoint_every, keep=t.keep_checkpoints)
+  workdir_lib.check_and_write_config(workdir, config, resumed_step=ckpt.latest_step(),
+                                     override_ok=config_override_ok, write=jax.process_index() == 0)
   if ckpt.latest_step() is not None:
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    state, data = ckpt.restore(target)
+    state, data = ckpt.restore_newest_readable(target)
     start, position = int(state.step), data['position']
     logging.info('resumed from %s at step %d (data position %s)', ckpt.directory, start, position)
   else:

@@ -268,6 +268,14 @@ def test_launch_on_all_workers(fake, slice_args, node, where):
   assert trainer in command
 
 
+def _cmdline_once_execed(pid: int, timeout: float = 5.0) -> bytes:
+  """/proc/PID/cmdline, which reads empty while nohup -> env -> python are exec-ing into each other."""
+  deadline = time.time() + timeout
+  while not (cmdline := Path(f'/proc/{pid}/cmdline').read_bytes()) and time.time() < deadline:
+    time.sleep(0.05)
+  return cmdline
+
+
 def test_launch_stop_and_status_commands_run_on_a_worker(fake, tmp_path):
   """launch starts the trainer in the background and returns (as ssh needs), is idempotent; stop stops it."""
   ok(fake.run('launch', *V3, *TRAIN, '--train-env', "LIBTPU_INIT_ARGS='--xla_a=1 --xla_b=2'"))
@@ -293,7 +301,7 @@ def test_launch_stop_and_status_commands_run_on_a_worker(fake, tmp_path):
   assert 'pretraining started' in sh(launch)
   pid = int(pid_file.read_text())
   try:
-    assert b'scripts/pretrain.py' in Path(f'/proc/{pid}/cmdline').read_bytes()
+    assert b'scripts/pretrain.py' in _cmdline_once_execed(pid)
     assert 'already running' in sh(launch)
     assert int(pid_file.read_text()) == pid
     assert f'running (pid {pid})' in sh(status)

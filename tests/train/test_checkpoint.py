@@ -1,5 +1,7 @@
-"""Checkpoints: SIGKILL mid-run then resume equals an uninterrupted run; SIGTERM saves and exits 0."""
+"""Checkpoints: SIGKILL mid-run then resume equals an uninterrupted run; SIGTERM saves and exits 0; an
+unreadable latest checkpoint falls back to the newest readable one."""
 
+import logging
 import os
 import pathlib
 import signal
@@ -7,10 +9,13 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
-from merlot_jax.train import report
+from merlot_jax import workdir
+from merlot_jax.train import checkpoint, loop, report
+from tests.train.batches import micro_config, synthetic_batches
 
 RUNNER = pathlib.Path(__file__).with_name('run_training.py')
 TOTAL, EVERY = 8, 2
@@ -75,3 +80,43 @@ def test_kill_resume_and_sigterm_match_an_uninterrupted_run(tmp_path):
   losses, ref_losses = _logged_losses(interrupted), _logged_losses(tmp_path / 'reference')
   assert first in losses and TOTAL in losses
   np.testing.assert_allclose(losses[TOTAL], ref_losses[TOTAL], rtol=0, atol=1e-6)
+
+
+def _truncate_largest_file(step_dir: pathlib.Path) -> pathlib.Path:
+  files = sorted((p for p in (step_dir / 'state').rglob('*') if p.is_file()), key=lambda p: p.stat().st_size)
+  files[-1].write_bytes(files[-1].read_bytes()[:10])
+  return files[-1]
+
+
+# A failed Orbax restore abandons the reads still pending for its other arrays (~1000 coroutines per attempt).
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+def test_resume_refuses_a_changed_config_and_falls_back_from_an_unreadable_checkpoint(tmp_path, caplog):
+  config = micro_config(data=1, fsdp=1, tensor=1)
+  config.train.update(total_steps=4, checkpoint_every=2, log_every=2)
+  run = lambda: loop.train(config, tmp_path, lambda start, _: synthetic_batches(config, 8, start_step=start),
+                           progress=False, devices=jax.devices()[:1])
+  run()
+  assert _steps(tmp_path) == [2, 4]
+  saved_config = (tmp_path / 'config.json').read_text()  # written by the trainer
+  changed = micro_config(data=1, fsdp=1, tensor=1)
+  changed.optim.learning_rate = 1e-4
+  with pytest.raises(workdir.ConfigChangeError, match='optim.learning_rate: 0.003 -> 0.0001'):
+    loop.train(changed, tmp_path, lambda start, _: synthetic_batches(changed, 8, start_step=start), progress=False,
+               devices=jax.devices()[:1])
+  assert (tmp_path / 'config.json').read_text() == saved_config and _steps(tmp_path) == [2, 4]
+
+  _truncate_largest_file(tmp_path / 'checkpoints' / '4')
+  config.train.total_steps = 6
+  with caplog.at_level(logging.WARNING):
+    state = run()
+  assert int(state.step) == 6
+  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert any('checkpoint of step 4' in w and 'resuming from step 2' in w for w in warnings), warnings
+  assert (tmp_path / 'checkpoints' / '4.unreadable' / 'state').is_dir()  # set aside, not deleted
+  assert _steps(tmp_path) == [2, 4, 6]  # step 4 saved again by the resumed run
+
+  for step in (2, 4, 6):  # none readable: an error naming every step, and nothing moved
+    _truncate_largest_file(tmp_path / 'checkpoints' / str(step))
+  with pytest.raises(checkpoint.CheckpointError, match=r'(?s)step 6: .*step 4: .*step 2: '):
+    run()
+  assert _steps(tmp_path) == [2, 4, 6]
