@@ -143,7 +143,7 @@ class MetricsLogger:
     if self.consecutive_skips >= self.max_consecutive_skips:
       raise NonFiniteError(f'step {step}: {self.consecutive_skips} steps in a row had non-finite {what} '
                            f'(config.train.max_consecutive_skips = {self.max_consecutive_skips}); stopping. '
-                           'None of them changed the params; the last checkpoint precedes them.')
+                           'None of them changed the params, so every checkpoint holds params from finite steps.')
 
   @contextlib.contextmanager
   def untimed(self) -> Iterator[None]:
