@@ -127,12 +127,27 @@ def encode_jpeg(frame: np.ndarray, quality: int = 90) -> bytes:
     return out.getvalue()
 
 
+def rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
+  """RGB uint8 [h, w, 3] (even sizes) -> the [h * 3 / 2, w] planes of yuv420p: BT.601 limited range, chroma
+  averaged over 2x2 blocks, in numpy so that the encoder's input never depends on swscale's threads."""
+  rgb = frame.astype(np.float32)
+  y = 16 + rgb @ np.float32([0.257, 0.504, 0.098])
+  cb = 128 + rgb @ np.float32([-0.148, -0.291, 0.439])
+  cr = 128 + rgb @ np.float32([0.439, -0.368, -0.071])
+  h, w = y.shape
+  half = lambda c: c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3)).reshape(h // 4, w)
+  planes = np.concatenate([y, half(cb), half(cr)], axis=0)
+  return np.clip(np.rint(planes), 0, 255).astype(np.uint8)
+
+
 def write_video(video_path: str | os.PathLike, frames: Iterable[np.ndarray], fps: int,
                 keyframe_seconds: float = 2.0) -> None:
   """Encodes RGB uint8 frames (even width and height) as H.264 (crf 18, a keyframe every few seconds).
 
-  The container follows the file name: .mp4, .mkv, ... One encoder thread: x264's frame threads made the
-  same frames encode slightly differently now and then (a seeded synthetic corpus must be reproducible).
+  The container follows the file name: .mp4, .mkv, ... A seeded synthetic corpus must be reproducible, so
+  the encoder gets yuv420p frames converted in numpy and runs one thread: x264's frame threads, and
+  swscale's RGB -> YUV conversion (which picks its threads by CPU count), each made the same frames encode
+  slightly differently now and then.
   """
   with av.open(str(video_path), 'w') as out:
     stream = None
@@ -143,7 +158,7 @@ def write_video(video_path: str | os.PathLike, frames: Iterable[np.ndarray], fps
         stream.pix_fmt = 'yuv420p'
         stream.codec_context.gop_size = max(1, round(fps * keyframe_seconds))
         stream.options = {'crf': '18', 'preset': 'veryfast', 'threads': '1'}
-      av_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format='rgb24')
+      av_frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(frame), format='yuv420p')
       av_frame.pts = i
       out.mux(stream.encode(av_frame))
     if stream is None:
