@@ -22,6 +22,9 @@ def main() -> None:
   parser.add_argument('--segment_tokens', type=int, default=32, help='max tokens per segment incl. start')
   parser.add_argument('--videos_per_shard', type=int, default=64)
   parser.add_argument('--jpeg_quality', type=int, default=90)
+  parser.add_argument('--video_timeout', type=float, default=300,
+                      help='seconds per video before its worker is killed and the video skipped (0: no limit); '
+                           'the local pool only: with --beam the runner handles stuck or dead workers')
   parser.add_argument('--beam', action='store_true', help='run as an Apache Beam pipeline')
   args, beam_args = parser.parse_known_args()
   if beam_args and not args.beam:
@@ -35,7 +38,8 @@ def main() -> None:
 
     manifest = beam_pipeline.run(args.videos, args.out, args.tokenizer, options, beam_args)
   else:
-    manifest = corpus.write_corpus(args.videos, args.out, args.tokenizer, options, workers=args.workers)
+    manifest = corpus.write_corpus(args.videos, args.out, args.tokenizer, options, workers=args.workers,
+                                   video_timeout=args.video_timeout)
   print(json.dumps({k: v for k, v in manifest.items() if k not in ('skipped_videos', 'shard_examples')}, indent=1))
   tfds_merlot.write_metadata(args.out)
 

@@ -3,8 +3,12 @@
 Videos (sorted by path) are cut into shards of `videos_per_shard` consecutive videos. Within a shard a rolling
 buffer over the videos' segments emits an example every N segments, across video boundaries, as the
 original's data/process.py does; the last < N segments of a shard are dropped (counted in the manifest).
-A shard depends on its own videos only, so shards are independent units of work: the multiprocessing path
-here and the Beam pipeline (beam_pipeline.py) write the same shards, and a rerun keeps finished ones.
+A shard depends on its own videos only, so shards are independent units of work: `write_corpus` here and
+the Beam pipeline (beam_pipeline.py) write the same shards, and a rerun keeps finished ones.
+Videos are processed in spawned worker processes (for workers > 1, and for any number with `video_timeout`):
+a worker whose video takes longer than `video_timeout` (a decoder hung on a bad file or a stalled mount) is
+killed, one that dies (a segfault in a decoder, an OOM kill) is replaced, and the video is skipped (reason
+`timeout` or `worker_died`) while the run goes on.
 
 DATA_DIR layout (the record format is in record_format.py):
   train-00000-of-00008.tfrecord ...   shards, each written atomically
@@ -22,8 +26,10 @@ import hashlib
 import json
 import multiprocessing
 import os
-from collections.abc import Callable, Iterator, Sequence
+import signal
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
+import pebble
 import tensorflow as tf
 import tqdm
 
@@ -174,29 +180,66 @@ def make_plan(videos_dir: str, out_dir: str, tokenizer_path: str, options: Optio
   return Plan(out_dir, shards, settings, finished_shards(out_dir, len(shards)))
 
 
+def _pooled_result(video: vs.VideoInput, future: pebble.ProcessFuture, timeout: float | None) -> vs.VideoResult:
+  """The worker's result, or a skip if the video ran past `timeout` or its worker process died."""
+  try:
+    return future.result()
+  except TimeoutError:
+    return vs.VideoResult(video, skip_reason='timeout', detail=f'{video.video}: no result after {timeout:g} s')
+  except pebble.ProcessExpired as e:
+    how = (f'was killed by signal {-e.exitcode} ({signal.strsignal(-e.exitcode)})' if e.exitcode < 0
+           else f'exited with code {e.exitcode}')
+    return vs.VideoResult(video, skip_reason='worker_died', detail=f'{video.video}: its worker process {how}')
+
+
+def _pool_map(pool: pebble.ProcessPool, kwargs: dict, timeout: float | None, ahead: int,
+              videos: Iterable[vs.VideoInput]) -> Iterator[vs.VideoResult]:
+  """Results in the videos' order, with at most `ahead` videos scheduled at a time (memory stays bounded)."""
+  scheduled = collections.deque()
+  for video in videos:
+    scheduled.append((video, pool.schedule(vs.process_in_worker, (video,), kwargs, timeout=timeout)))
+    if len(scheduled) >= ahead:
+      yield _pooled_result(*scheduled.popleft(), timeout)
+  while scheduled:
+    yield _pooled_result(*scheduled.popleft(), timeout)
+
+
 @contextlib.contextmanager
-def _video_mapper(workers: int, tokenizer_path: str,
-                  options: Options) -> Iterator[Callable[[list[vs.VideoInput]], Iterator[vs.VideoResult]]]:
-  """A function mapping videos to results in order: in this process, or in a pool of spawned workers."""
+def _video_mapper(workers: int, tokenizer_path: str, options: Options, video_timeout: float | None
+                  ) -> Iterator[Callable[[list[vs.VideoInput]], Iterator[vs.VideoResult]]]:
+  """A function mapping videos to results in order: in this process, or in a pool of spawned workers.
+
+  A time limit needs a worker process to kill, so with one the videos go to a pool even for workers <= 1.
+  """
   kwargs = {'segment_tokens': options.segment_tokens, 'jpeg_quality': options.jpeg_quality}
-  if workers <= 1:
+  timeout = video_timeout if video_timeout is not None and video_timeout > 0 else None
+  if workers <= 1 and timeout is None:
     tokenizer = load_tokenizer(tokenizer_path)
     yield lambda videos: (vs.process_video(v, tokenizer, **kwargs) for v in videos)
     return
+  workers = max(workers, 1)
   ctx = multiprocessing.get_context('spawn')  # this process has TensorFlow loaded; workers need not
-  with ctx.Pool(workers, initializer=vs.init_worker, initargs=(tokenizer_path,)) as pool:
-    yield lambda videos: pool.imap(functools.partial(vs.process_in_worker, **kwargs), videos)
+  pool = pebble.ProcessPool(workers, initializer=vs.init_worker, initargs=(tokenizer_path,), context=ctx)
+  try:
+    yield functools.partial(_pool_map, pool, kwargs, timeout, 2 * workers)
+  finally:  # every result is in by now, unless the run failed: then in-flight videos need not finish
+    pool.stop()
+    pool.join()
 
 
 def write_corpus(videos_dir: str, out_dir: str, tokenizer_path: str, options: Options = Options(),
-                 workers: int = 1, progress: bool = True) -> dict:
-  """Writes (or finishes) the corpus of the videos under `videos_dir` into `out_dir`; returns the manifest."""
+                 workers: int = 1, progress: bool = True, video_timeout: float | None = None) -> dict:
+  """Writes (or finishes) the corpus of the videos under `videos_dir` into `out_dir`; returns the manifest.
+
+  `video_timeout`: seconds a video may take in its worker before it is killed and the video skipped (None or
+  <= 0: no limit).
+  """
   plan = make_plan(videos_dir, out_dir, tokenizer_path, options)
   finished = dict(plan.finished)
   pending = plan.pending()
   manifest = write_manifest(plan, finished)
   jobs = [v for i in pending for v in plan.shards[i]]
-  with (_video_mapper(workers, tokenizer_path, options) as mapper,
+  with (_video_mapper(workers, tokenizer_path, options, video_timeout) as mapper,
         tqdm.tqdm(total=len(jobs), unit='video', disable=not progress, desc='preprocess') as bar):
     results = mapper(jobs)
     for i in pending:

@@ -1,8 +1,8 @@
 """One video + its transcript -> transcript segments with the JPEG frame at each segment's middle time.
 
-This is the per-video work of corpus preprocessing (multiprocessing or Beam workers run it). It imports no
-TensorFlow, so worker processes start fast. A video that cannot be used gives a skip reason instead of
-segments; see SKIP_REASONS.
+This is the per-video work of corpus preprocessing (corpus.py's worker pool or Beam workers run it). It
+imports no TensorFlow, so worker processes start fast. A video that cannot be used gives a skip reason
+instead of segments; see SKIP_REASONS.
 """
 
 import dataclasses
@@ -23,6 +23,9 @@ SKIP_REASONS = (
     'bad_transcript',  # the transcript (or X.grover.json) does not parse or has no words
     'unreadable_video',  # PyAV cannot open or decode the video at the segment times
     'video_shorter_than_transcript',  # a segment's middle time is at or past the video's end
+    # Given by corpus.py's worker pool, not by process_video:
+    'timeout',  # no result within the pool's per-video time limit; its worker was killed
+    'worker_died',  # the worker process died (a crash in a decoder, an OOM kill) while on this video
 )
 
 

@@ -1,10 +1,17 @@
-"""Corpus writing: examples across videos, skips, resume, atomic shards, Beam = multiprocessing, TFDS."""
+"""Corpus writing: examples across videos, skips, hung and dead workers, resume, atomic shards, Beam, TFDS."""
 
+import contextlib
+import glob
 import io
 import json
+import os
 import pathlib
 import runpy
+import shutil
+import signal
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -173,6 +180,93 @@ def test_bad_inputs_are_skipped_and_counted(tmp_path, tokenizer_path):
   records = read_records(tmp_path / 'data')
   assert len(records) == manifest['examples'] == 1  # v0 and v1: 5 segments -> one example of 4
   assert records[0]['video_id'] == ['v0', 'v0', 'v0', 'v1']
+
+
+def child_pids():
+  """This process's children, zombies included, but multiprocessing's resource tracker (it lives on)."""
+  pids = set()
+  for proc in glob.glob('/proc/[0-9]*'):
+    with contextlib.suppress(OSError):  # the process may be gone already
+      ppid = int(pathlib.Path(proc, 'stat').read_text().rsplit(')', 1)[1].split()[1])
+      if ppid == os.getpid() and b'resource_tracker' not in pathlib.Path(proc, 'cmdline').read_bytes():
+        pids.add(int(proc[6:]))
+  return pids
+
+
+def holders(path):
+  """The children of this process that have `path` open (realpath: no error for an fd closed meanwhile)."""
+  path = os.path.realpath(path)
+  return {pid for pid in child_pids() if path in map(os.path.realpath, glob.glob(f'/proc/{pid}/fd/*'))}
+
+
+def end_fifo_reads(fifo):
+  """Lets a reader waiting on `fifo` read its end: a time limit that fails to kill fails its test, not hangs it."""
+  with contextlib.suppress(OSError):  # ENXIO: no reader
+    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+@pytest.fixture(scope='module')
+def hand_shards(hand_videos, tokenizer_path, tmp_path_factory):
+  """The shard (one) of the hand-checked corpus with N = 4, written in this process."""
+  out = tmp_path_factory.mktemp('hand_shards')
+  corpus.write_corpus(str(hand_videos), str(out), tokenizer_path, corpus.Options(num_segments=N), progress=False)
+  return shard_bytes(out)
+
+
+@pytest.fixture
+def fifo_video(hand_videos, tmp_path, monkeypatch):
+  """A FIFO v1x.mp4 (v1's transcript beside it) among the hand-checked videos: PyAV waits for a writer.
+
+  find_videos lists regular files only, so the FIFO is added to its list in this process (which plans).
+  """
+  before = child_pids()
+  fifo = tmp_path / 'fifo' / 'v1x.mp4'
+  fifo.parent.mkdir()
+  os.mkfifo(fifo)
+  extra = vs.VideoInput(fifo.name, str(fifo), shutil.copy(hand_videos / 'v1.json', fifo.parent), None)
+  find_videos = vs.find_videos
+  monkeypatch.setattr(vs, 'find_videos', lambda root: sorted(find_videos(root) + [extra], key=lambda v: v.name))
+  watchdog = threading.Timer(30, end_fifo_reads, [fifo])
+  watchdog.start()
+  yield fifo
+  watchdog.cancel()
+  assert child_pids() <= before  # no worker left behind, blocked on the FIFO or otherwise
+
+
+def kill_fifo_reader(fifo, seconds=30):
+  """SIGKILLs (as the OOM killer does) the child process that opens `fifo` to read, once it has it open."""
+  end = time.monotonic() + seconds
+  while time.monotonic() < end:
+    try:
+      fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO until a reader opens it
+    except OSError:
+      time.sleep(0.02)
+      continue
+    try:
+      while not (pids := holders(fifo)) and time.monotonic() < end:
+        time.sleep(0.01)
+      for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+      return
+    finally:
+      os.close(fd)  # after the kill: the reader would otherwise read the end of the file
+
+
+@pytest.mark.parametrize('workers', [1, 2])
+@pytest.mark.parametrize('reason', ['timeout', 'worker_died'])
+def test_hung_or_dead_worker(fifo_video, hand_shards, hand_videos, tokenizer_path, tmp_path, reason, workers):
+  """A worker hung past the limit is killed, one killed (as by the OOM killer) is replaced: its video alone is
+  skipped and the others give the shard of a run without it (with workers=1, all from the new worker)."""
+  if reason == 'worker_died':
+    threading.Thread(target=kill_fifo_reader, args=(fifo_video,), daemon=True).start()
+  out = tmp_path / 'data'
+  manifest = corpus.write_corpus(str(hand_videos), str(out), tokenizer_path, corpus.Options(num_segments=N),
+                                 workers=workers, progress=False, video_timeout=3 if reason == 'timeout' else 60)
+  detail = 'no result after 3 s' if reason == 'timeout' else 'its worker process was killed by signal 9 (Killed)'
+  assert manifest['skipped'] == {reason: 1}
+  assert manifest['skipped_videos'] == [{'video': 'v1x.mp4', 'reason': reason, 'detail': f'{fifo_video}: {detail}'}]
+  assert manifest['videos_written'] == 4 and manifest['examples'] == len(HAND_EXAMPLES) and manifest['complete']
+  assert shard_bytes(out) == hand_shards
 
 
 class Crash(Exception):
