@@ -22,6 +22,11 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'config file (configs/
 _WORKDIR = flags.DEFINE_string('workdir', None, 'checkpoints, TensorBoard events and config.json go here')
 _DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'multi-host run (TPU pod): jax.distributed.initialize() '
                                   'with the coordinator auto-detected')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'multi-process run on any cluster or on localhost: '
+                                   'HOST:PORT where process 0 serves (with --num_processes, --process_id)')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'processes of the run (with --coordinator_address)')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'this process, 0 .. num_processes-1 (with '
+                                   '--coordinator_address)')
 _PEAK = flags.DEFINE_float('peak_tflops_per_device', None, 'accelerator peak TFLOP/s per device, for MFU')
 _OVERRIDE = flags.DEFINE_bool('config_override_ok', False, 'resume even if the config changes what the run trains '
                                '(model, objectives, optimizer, data, global batch size)')
@@ -30,7 +35,13 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv) -> None:
   del argv
-  if _DISTRIBUTED.value:
+  explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if any(v is not None for v in explicit):
+    if None in explicit or _DISTRIBUTED.value:
+      raise app.UsageError('--coordinator_address, --num_processes and --process_id go together (given: '
+                           f'{explicit}), and replace --distributed\'s auto-detection')
+    jax.distributed.initialize(*explicit)
+  elif _DISTRIBUTED.value:
     jax.distributed.initialize()
   config = validate(_CONFIG.value)
   d = config.data

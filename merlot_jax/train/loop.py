@@ -1,8 +1,9 @@
 """The pretraining loop: mesh -> sharded state -> resume -> steps -> logs, evals, checkpoints.
 
-Preemption: SIGTERM sets a flag; the loop finishes its step, saves a checkpoint, waits for it to be on
-disk and returns normally. A hard kill loses at most the steps since the last checkpoint; the next
-run with the same workdir resumes from it (params, optimizer state, step, RNG and data position).
+Preemption: a SIGTERM to any process stops every process at the same step (`PreemptionSync`); they
+save that step's checkpoint together, wait for it to be on disk and return normally. A hard kill loses
+at most the steps since the last checkpoint; the next run with the same workdir resumes from it (params,
+optimizer state, step, RNG and data position).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from merlot_jax import sharding
 from merlot_jax import workdir as workdir_lib
@@ -29,23 +31,39 @@ from merlot_jax.train import step as step_lib
 BatchesFactory = Callable[[int, int | None], Iterator[dict[str, np.ndarray]]]
 
 
-class PreemptionFlag:
-  """Set by SIGTERM while installed (use as a context manager)."""
+class PreemptionSync:
+  """Says after which step every process saves and stops; use as a context manager.
+
+  Multi-process (jax.distributed initialized): JAX's preemption sync point. The coordination service
+  catches SIGTERM on any process and all processes agree on one step (the largest step any of them has
+  reached, plus one), so they enter the collective checkpoint save together instead of one saving while
+  another runs the next step's collectives. It must be asked after every step, by every process.
+  One process: a SIGTERM handler sets a flag, checked after the step in flight.
+  """
 
   def __init__(self):
-    self.requested = False
+    self._distributed = jax.distributed.is_initialized()
+    self._signalled = False
     self._previous = None
 
   def _handler(self, signum, frame) -> None:
     logging.warning('signal %d: saving a checkpoint and stopping after this step', signum)
-    self.requested = True
+    self._signalled = True
 
-  def __enter__(self) -> PreemptionFlag:
-    self._previous = signal.signal(signal.SIGTERM, self._handler)
+  def __enter__(self) -> PreemptionSync:
+    if not self._distributed:  # with jax.distributed, the coordination service's handler must stay installed
+      self._previous = signal.signal(signal.SIGTERM, self._handler)
     return self
 
   def __exit__(self, *exc) -> None:
-    signal.signal(signal.SIGTERM, self._previous)
+    if not self._distributed:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def reached(self, step: int) -> bool:
+    """True when every process is to save `step` and stop."""
+    if self._distributed:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._signalled
 
 
 def evaluate(eval_step, state: state_lib.TrainState, batches: Iterator[dict[str, np.ndarray]],
@@ -117,7 +135,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, batche
                                      progress=progress)
   step = start
   try:
-    with PreemptionFlag() as preempted:
+    with PreemptionSync() as preemption:
       while step < t.total_steps:
         batch = step_lib.global_batch(next(batches), batch_sh)
         if batch['input_ids'].shape[0] != t.global_batch_size:
@@ -131,6 +149,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, batche
         else:
           state, step_metrics = train_step(state, batch)
         step += 1
+        preempted = preemption.reached(step)
         logger.record(step, step_metrics)
         if step % t.log_every == 0:
           logger.flush()
@@ -138,14 +157,15 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, batche
           with logger.untimed():
             scalars = evaluate(eval_step, state, eval_batches_factory(), batch_sh, t.get('eval_steps', 1))
           logger.write(step, scalars, prefix='eval/')
-        if step % t.checkpoint_every == 0 or preempted.requested or step == t.total_steps:
+        if step % t.checkpoint_every == 0 or preempted or step == t.total_steps:
           logger.flush()  # the NaN guard runs before a checkpoint is written
           if ckpt.latest_step() != step:
             with logger.untimed():
               ckpt.save(step, state, getattr(batches, 'position', None), force=True)
-        if preempted.requested:
+        if preempted:
           ckpt.wait()
-          logging.warning('preempted: checkpoint of step %d saved in %s', step, ckpt.directory)
+          logging.warning('preempted: every process stopped at step %d; its checkpoint is in %s', step,
+                          ckpt.directory)
           break
     logger.flush()
   finally:
