@@ -28,6 +28,8 @@ import string
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from rapidfuzz import process
+from rapidfuzz.distance import Levenshtein
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,39 +220,11 @@ def _normalise(word: str) -> str:
   return word.translate(_NO_PUNCTUATION).strip().lower()
 
 
-def _levenshtein_block(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-  """Edit distances [na, nb] between words given as code points: a [na, la], b [nb, lb].
-
-  The classic row-by-row recurrence, each cell computed for all word pairs at once.
-  """
-  shape = (a.shape[0], b.shape[0])
-  row = [np.full(shape, j, np.int32) for j in range(b.shape[1] + 1)]
-  for i in range(a.shape[1]):
-    new = [np.full(shape, i + 1, np.int32)]
-    for j in range(b.shape[1]):
-      cell = np.minimum(row[j] + (a[:, i, None] != b[None, :, j]), row[j + 1] + 1)  # substitute, delete
-      new.append(np.minimum(cell, new[j] + 1, out=cell))  # insert
-    row = new
-  return row[-1]
-
-
-def _by_length(words: Sequence[str]) -> list[tuple[list[int], np.ndarray]]:
-  """Words grouped by length: for each length, the words' indices and code points [count, length]."""
-  groups = {}
-  for k, w in enumerate(words):
-    groups.setdefault(len(w), []).append(k)
-  return [(ks, np.array([[ord(c) for c in words[k]] for k in ks], np.int32).reshape(len(ks), n))
-          for n, ks in groups.items()]
-
-
 def _levenshtein_matrix(a: Sequence[str], b: Sequence[str]) -> np.ndarray:
-  """Edit distances between every word of `a` and of `b`, vectorised over words of equal length."""
-  out = np.zeros((len(a), len(b)), np.int32)
-  b_groups = _by_length(b)
-  for ka, codes_a in _by_length(a):
-    for kb, codes_b in b_groups:
-      out[np.ix_(ka, kb)] = _levenshtein_block(codes_a, codes_b)
-  return out
+  """Character edit distances (Levenshtein, unit costs) [len(a), len(b)] between every word of `a` and of `b`."""
+  # workers=1: preprocessing already runs one process per core (corpus.py's pool, Beam's workers), and a
+  # video's few hundred distinct words take well under a millisecond: more threads were no faster.
+  return process.cdist(a, b, scorer=Levenshtein.distance, dtype=np.int32, workers=1)
 
 
 def _dtw_path(n: int, m: int, cost_row: Callable[[int], np.ndarray]) -> list[tuple[int, int]]:

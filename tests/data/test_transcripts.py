@@ -8,7 +8,14 @@ import string
 
 import pytest
 
-from merlot_jax.data.transcripts import TranscriptError, Word, align_clean_words, load_denoised, load_transcript
+from merlot_jax.data.transcripts import (
+  TranscriptError,
+  Word,
+  _levenshtein_matrix,
+  align_clean_words,
+  load_denoised,
+  load_transcript,
+)
 
 SAMPLE = 'samples/youtube_WAaKRUoY6Io/WAaKRUoY6Io'
 
@@ -231,3 +238,24 @@ def test_align_matches_plain_reference(seed):
   raw = [rng.choice(['a', 'ab', 'ba', 'abc', 'b.', "c'a", 'cab', 'xyz', '-']) for _ in range(rng.randint(1, 45))]
   clean = [rng.choice(['a', 'ab', 'ba', 'abc', 'b.', "c'a", 'Ab,', '-']) for _ in range(rng.randint(1, 90))]
   assert align_clean_words(_raw(*raw), [' '.join(clean)]) == _reference_alignment(_raw(*raw), clean)
+
+
+def _textbook_levenshtein(a, b):
+  """Wagner-Fischer: d[i][j] is the edit distance between a[:i] and b[:j] (unit insert, delete, substitute)."""
+  d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+  for i in range(1, len(a) + 1):
+    for j in range(1, len(b) + 1):
+      d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+  return d[len(a)][len(b)]
+
+
+def test_levenshtein_matrix_matches_textbook():
+  # Empty and identical words, unequal lengths, and code points beyond ASCII and the BMP: an accent, a
+  # combining accent, CJK, an emoji with a skin-tone modifier (two code points). Distances count code points.
+  a = ['', 'a', 'kitten', 'flaw', 'café', 'cafe\u0301', '日本語', '👍🏽', 'straße', 'same']
+  b = ['', 'sitting', 'lawn', 'cafe', 'café', '日本', '👎', 'strasse', 'same', 'abc']
+  expected = [[_textbook_levenshtein(x, y) for y in b] for x in a]
+  distances = _levenshtein_matrix(a, b)
+  assert distances.dtype.name == 'int32' and distances.tolist() == expected
+  assert expected[2][1] == 3 and expected[3][2] == 2 and expected[7][6] == 2 and expected[9][8] == 0
+  assert _levenshtein_matrix(a, a).tolist() == [[_textbook_levenshtein(x, y) for y in a] for x in a]
