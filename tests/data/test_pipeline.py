@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from merlot_jax.config import default_config
-from merlot_jax.data import bench, pipeline
+from merlot_jax.data import pipeline
 from merlot_jax.data.tokenizer import NEXT_CAPTION_START, START
 
 N, L, G = 4, 8, 2  # segments, tokens per segment, segments per group
@@ -328,10 +328,3 @@ def test_augment_affine_modes():
   brightness = applied & np.all(c == 0, axis=1)
   assert 0.3 < brightness.sum() / applied.sum() < 0.7
   np.testing.assert_allclose(c[applied & ~brightness], 1 - a[applied & ~brightness])
-
-
-def test_benchmark_library_runs_on_a_few_examples(tmp_path):
-  result = bench.run_data_benchmark(4, frame_size=(96, 128), config=_config(), workdir=tmp_path)
-  assert result.examples == 4 and min(result.pipeline_examples_per_s, result.decode_examples_per_s) > 0
-  assert result.ratio > 0 and result.cpu_ratio > 0
-  assert bench.format_report(result).splitlines()[-1].startswith('pipeline/decode ratio: ')
