@@ -128,16 +128,22 @@ def encode_jpeg(frame: np.ndarray, quality: int = 90) -> bytes:
 
 
 def rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
-  """RGB uint8 [h, w, 3] (even sizes) -> the [h * 3 / 2, w] planes of yuv420p: BT.601 limited range, chroma
-  averaged over 2x2 blocks, in numpy so that the encoder's input never depends on swscale's threads."""
-  rgb = frame.astype(np.float32)
-  y = 16 + rgb @ np.float32([0.257, 0.504, 0.098])
-  cb = 128 + rgb @ np.float32([-0.148, -0.291, 0.439])
-  cr = 128 + rgb @ np.float32([0.439, -0.368, -0.071])
+  """RGB uint8 [h, w, 3] (even sizes) -> the [h * 3 / 2, w] planes of yuv420p: BT.601 limited range
+  (Y = 16 + 65.481 R' + 128.553 G' + 24.966 B', ...) in 16-bit fixed point, chroma averaged over 2x2 blocks.
+
+  Integer arithmetic only, so the encoder's input is bit-exact everywhere: a float matmul here gave
+  results that depended on the buffers' alignment (BLAS picks its kernel by it), and a pixel rounding
+  the other way changed the encoded video between two runs with the same seed.
+  """
+  rgb = frame.astype(np.int32)
+  r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+  y = 16 + ((16829 * r + 33039 * g + 6416 * b + (1 << 15)) >> 16)
   h, w = y.shape
-  half = lambda c: c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3)).reshape(h // 4, w)
-  planes = np.concatenate([y, half(cb), half(cr)], axis=0)
-  return np.clip(np.rint(planes), 0, 255).astype(np.uint8)
+  block_mean = lambda c: (c.reshape(h // 2, 2, w // 2, 2).sum(axis=(1, 3)) + (1 << 17)) >> 18
+  cb = 128 + block_mean(-9714 * r - 19071 * g + 28785 * b)
+  cr = 128 + block_mean(28785 * r - 24104 * g - 4681 * b)
+  planes = np.concatenate([y, cb.reshape(h // 4, w), cr.reshape(h // 4, w)], axis=0)
+  return np.clip(planes, 0, 255).astype(np.uint8)
 
 
 def write_video(video_path: str | os.PathLike, frames: Iterable[np.ndarray], fps: int,

@@ -116,3 +116,25 @@ def test_trim_black_bars():
   trimmed = video.trim_black_bars([frame, frame])
   assert [f.shape for f in trimmed] == [(80, 64, 3)] * 2
   assert trimmed[0][:, 14:].min() == 150 and trimmed[0][:, :14].max() == 0
+
+
+def test_rgb_to_yuv420p_bt601_limited_range():
+  """Textbook BT.601 studio-range values (16 + 219 Y', 128 + 224 Pb / Pr, rounded): white 235/128/128,
+  black 16/128/128, red 81/90/240, green 145/54/34, blue 41/240/110; each 2x2 block shares one chroma
+  sample, the mean of its pixels'."""
+  colours = {'white': ([255, 255, 255], (235, 128, 128)), 'black': ([0, 0, 0], (16, 128, 128)),
+             'red': ([255, 0, 0], (81, 90, 240)), 'green': ([0, 255, 0], (145, 54, 34)),
+             'blue': ([0, 0, 255], (41, 240, 110))}
+  for name, (rgb, (y, cb, cr)) in colours.items():
+    planes = video.rgb_to_yuv420p(np.full((4, 6, 3), rgb, np.uint8))
+    assert planes.shape == (6, 6) and planes.dtype == np.uint8
+    np.testing.assert_array_equal(planes[:4], y, err_msg=name)
+    np.testing.assert_array_equal(planes[4:5], cb, err_msg=name)
+    np.testing.assert_array_equal(planes[5:6], cr, err_msg=name)
+  # One red pixel among three black ones: Cb = 128 - 37.797 / 4 = 118.55 -> 119, Cr = 128 + 112 / 4 = 156.
+  # Planes of a 4x4 frame: Y rows 0-3, then Cb's 2x2 and Cr's 2x2 samples, each flattened into one row.
+  frame = np.zeros((4, 4, 3), np.uint8)
+  frame[0, 0] = [255, 0, 0]
+  planes = video.rgb_to_yuv420p(frame)
+  np.testing.assert_array_equal(planes[:4], [[81, 16, 16, 16]] + [[16] * 4] * 3)
+  np.testing.assert_array_equal(planes[4:], [[119, 128, 128, 128], [156, 128, 128, 128]])
