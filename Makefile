@@ -2,7 +2,25 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# ACCEL=cpu|tpu|cuda picks the jax backend `setup` installs. cpu (what CI runs) and tpu: ".[dev,tpu]"; the CPU venv
+# keeps libtpu, as before, because TPU AOT compiles (make aot, tests/test_aot.py) use its compile-only devices on any
+# host. cuda: ".[dev,cuda]" (CUDA 12 wheels pinned by requirements-cuda.lock, no libtpu). Unset, ACCEL stays what the
+# venv was set up with (cpu for a new one), so that `make test` after `make setup ACCEL=cuda` keeps the CUDA venv.
+ACCEL ?= $(or $(patsubst $(VENV)/.installed-%,%,$(firstword $(wildcard $(VENV)/.installed-*))),cpu)
+ifeq ($(filter $(ACCEL),cpu tpu cuda),)
+$(error ACCEL=$(ACCEL): use cpu, tpu or cuda)
+endif
+EXTRAS_cpu := dev,tpu
+EXTRAS_tpu := dev,tpu
+EXTRAS_cuda := dev,cuda
+LOCKS_cpu := requirements.lock
+LOCKS_tpu := requirements.lock
+LOCKS_cuda := requirements.lock requirements-cuda.lock
+# The jax plugins of the other choice, removed when a venv switches ACCEL (pip install never removes a package).
+PLUGINS_cpu := jax-cuda12-plugin jax-cuda12-pjrt
+PLUGINS_tpu := jax-cuda12-plugin jax-cuda12-pjrt
+PLUGINS_cuda := libtpu
+STAMP := $(VENV)/.installed-$(ACCEL)
 TEST_ENV := JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 TF_CPP_MIN_LOG_LEVEL=2
 CONFIG ?= configs/demo.py
 WORKDIR ?= workdir/demo
@@ -11,10 +29,13 @@ WORKDIR ?= workdir/demo
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml requirements.lock
+# One stamp per ACCEL: switching ACCEL (or editing the pins) reinstalls.
+$(STAMP): pyproject.toml $(LOCKS_$(ACCEL))
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip==26.3
-	$(PY) -m pip install --quiet -c requirements.lock -e ".[dev]"
+	$(PY) -m pip uninstall -qq --yes $(PLUGINS_$(ACCEL))
+	$(PY) -m pip install --quiet $(addprefix -c ,$(LOCKS_$(ACCEL))) -e ".[$(EXTRAS_$(ACCEL))]"
+	rm -f $(VENV)/.installed $(VENV)/.installed-*
 	touch $(STAMP)
 
 test: setup

@@ -102,11 +102,45 @@ def attention_weights(q: jax.Array, k: jax.Array, mask: jax.Array) -> jax.Array:
   return jax.nn.softmax(scores, axis=-1)
 
 
+def uniform_padding_queries(ctx: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """ctx [b, q, heads, dh] with every query that has no unmasked key replaced by the mean of v over all keys:
+  what the original's MASK_FILL softmax gives such a query (uniform weights), whatever a kernel computed there."""
+  no_key = ~jnp.any(mask, axis=-1)[:, :, None, None]
+  mean_v = jnp.mean(v.astype(jnp.float32), axis=1, keepdims=True).astype(ctx.dtype)
+  return jnp.where(no_key, mean_v, ctx)
+
+
+def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """cuDNN flash attention (`jax.nn.dot_product_attention(implementation='cudnn')`): [b, s, heads, dh] in
+  bfloat16 or float16 only, CUDA GPUs only.
+
+  jax passes the boolean mask to cuDNN as an additive bias of -2**41 (not a replacement of the scores by
+  MASK_FILL); a valid query's masked keys still get weight 0, but what the kernel gives a query whose keys are
+  all masked is cuDNN's business, so those rows are set to the original's uniform result afterwards.
+  """
+  try:
+    ctx = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation='cudnn')
+  except (RuntimeError, NotImplementedError) as e:  # no cuDNN (CPU/TPU backend), or a shape cuDNN cannot run
+    raise RuntimeError(f"config.model.attention_impl = 'cudnn' cannot run here ({type(e).__name__}: {e}); it needs "
+                       f"a CUDA GPU (backend now: {jax.default_backend()!r}, q {q.dtype} {q.shape}): use 'xla' "
+                       "or 'fused' elsewhere") from e
+  return uniform_padding_queries(ctx, v, mask)
+
+
 class Attention(nnx.Module):
-  """Multi-head self-attention; heads are split from channels as [head, head_dim]."""
+  """Multi-head self-attention; heads are split from channels as [head, head_dim].
+
+  impl: 'xla' the original's math (explicit softmax, MASK_FILL); 'fused' jax.nn.dot_product_attention with its
+  default implementation; 'cudnn' its cuDNN flash kernel (`cudnn_attention`, needs dtype bfloat16 or float16).
+  All three give a query whose keys are all masked (padding) the mean of v. Probabilities (return_probs) always
+  come from the 'xla' math.
+  """
 
   def __init__(self, hidden: int, num_heads: int, *, rngs: nnx.Rngs, init_std: float = 0.02,
                dtype=jnp.float32, impl: str = 'xla'):
+    if impl == 'cudnn' and jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
+      raise ValueError(f"attention impl 'cudnn' takes bfloat16/float16 inputs, but dtype is {jnp.dtype(dtype)}: "
+                       "set config.model.dtype = 'bfloat16'")
     dense = lambda axes: Dense(hidden, hidden, axes, rngs=rngs, init_std=init_std, dtype=dtype)
     self.query, self.key, self.value = dense(('embed', 'heads')), dense(('embed', 'heads')), dense(('embed', 'heads'))
     self.out = dense(('heads', 'embed'))
@@ -119,13 +153,15 @@ class Attention(nnx.Module):
     """x: [b, s, hidden]; mask: bool [b, s, s]. Returns (output, head-mean probs [b, s, s] or None)."""
     split = lambda t: t.reshape(*t.shape[:-1], self.num_heads, -1)
     q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+    probs_mean = None
     if return_probs or self.impl == 'xla':
       probs = attention_weights(q, k, mask)
       ctx = jnp.einsum('bhqk,bkhd->bqhd', probs.astype(self.dtype), v)
       probs_mean = jnp.mean(probs, axis=1) if return_probs else None
+    elif self.impl == 'cudnn':
+      ctx = cudnn_attention(q, k, v, mask)
     else:
       ctx = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None])
-      probs_mean = None
     ctx = ctx.reshape(*x.shape[:-1], -1)
     return self.out(ctx), probs_mean
 

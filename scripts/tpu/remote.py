@@ -40,7 +40,7 @@ def install(st: types.SimpleNamespace) -> str:
     steps.append(f'git -C {d} checkout --quiet --detach {_q(st.repo_ref)}')
   else:
     steps.append(f'mkdir -p {d} && tar -xzf {SRC_TARBALL} -C {d}')   # kept, so that a retry can extract again
-  steps.append(f'make -C {d} setup PYTHON={py}')
+  steps.append(f'ACCEL=tpu make -C {d} setup PYTHON={py}')   # libtpu, whatever the Makefile's default
   steps.append(f'echo "$(hostname): installed in {d}"')
   return '; '.join(steps)
 

@@ -145,3 +145,63 @@ def test_mlp_matches_numpy():
   np.testing.assert_allclose(mlp(jnp.asarray(x)), ref, rtol=1e-4, atol=1e-5)
   assert mlp.intermediate.kernel.out_sharding == ('embed', 'mlp')
   assert mlp.output.kernel.out_sharding == ('mlp', 'embed')
+
+
+def fake_cudnn(monkeypatch):
+  """Stands in for jax's cuDNN kernel on CPU: checks what the 'cudnn' impl passes (implementation='cudnn',
+  bfloat16 q/k/v), computes jax's 'xla' attention and writes a kernel-specific value (123) into every query row
+  whose keys are all masked, which the caller must replace by the original's uniform result."""
+  real = jax.nn.dot_product_attention
+
+  def fake(q, k, v, *, mask, implementation):
+    assert implementation == 'cudnn' and q.dtype == k.dtype == v.dtype == jnp.bfloat16, (implementation, q.dtype)
+    ctx = real(q, k, v, mask=mask, implementation='xla')
+    return jnp.where(~jnp.any(mask[:, 0], -1)[:, :, None, None], jnp.asarray(123, ctx.dtype), ctx)
+
+  monkeypatch.setattr(jax.nn, 'dot_product_attention', fake)
+
+
+@pytest.mark.parametrize('impl, dtype', [('xla', jnp.float32), ('fused', jnp.float32), ('cudnn', jnp.bfloat16)])
+def test_padding_query_output_is_the_mean_of_v_over_all_keys(monkeypatch, impl, dtype):
+  """A query whose keys are all masked attends uniformly (MASK_FILL), so its context is mean_k v[k], in plain
+  numpy; for 'cudnn', whatever the kernel puts there is replaced by that mean."""
+  if impl == 'cudnn':
+    fake_cudnn(monkeypatch)
+  attn = build_random(lambda: layers.Attention(16, 4, rngs=nnx.Rngs(0), dtype=dtype, impl=impl), seed=6)
+  p = pure_params(attn)
+  rng = np.random.RandomState(3)
+  x = rng.randn(2, 6, 16).astype(np.float32)
+  valid = np.ones((2, 6), bool)
+  valid[0, 2:] = False
+  out, _ = attn(jnp.asarray(x), jnp.asarray(valid[:, :, None] & valid[:, None, :]))
+  v = x.astype(np.float64) @ p['value']['kernel'] + p['value']['bias']
+  ref = v[0].mean(0) @ p['out']['kernel'] + p['out']['bias']  # every key (valid or not) weighs 1/6
+  tol = 1e-5 if dtype == jnp.float32 else 5e-2
+  np.testing.assert_allclose(np.asarray(out[0, 2:], np.float32), np.broadcast_to(ref, (4, 16)), rtol=tol, atol=tol)
+  ref_out, _ = np_attention(x, p, valid, 4)
+  np.testing.assert_allclose(np.asarray(out, np.float32), ref_out, rtol=tol, atol=tol)  # valid queries too
+
+
+def test_uniform_padding_queries_replaces_only_rows_without_keys():
+  rng = np.random.RandomState(4)
+  ctx, v = rng.randn(2, 5, 3, 4).astype(np.float32), rng.randn(2, 5, 3, 4).astype(np.float32)
+  mask = np.ones((2, 5, 5), bool)
+  mask[1, 3:] = False  # queries 3, 4 of the second example see no key
+  mask[0, :, 4] = False  # a masked key alone changes nothing
+  got = np.asarray(layers.uniform_padding_queries(jnp.asarray(ctx), jnp.asarray(v), jnp.asarray(mask)))
+  want = ctx.copy()
+  want[1, 3:] = v[1].mean(0)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(got[0], ctx[0])
+
+
+def test_cudnn_impl_on_cpu_raises_naming_the_option():
+  attn = build_random(lambda: layers.Attention(16, 2, rngs=nnx.Rngs(0), dtype=jnp.bfloat16, impl='cudnn'), seed=8)
+  mask = jnp.ones((1, 4, 4), bool)
+  with pytest.raises(RuntimeError, match=r"config.model.attention_impl = 'cudnn'.*CUDA GPU.*'cpu'"):
+    attn(jnp.ones((1, 4, 16), jnp.float32), mask)
+
+
+def test_cudnn_impl_refuses_float32():
+  with pytest.raises(ValueError, match="bfloat16/float16.*config.model.dtype = 'bfloat16'"):
+    layers.Attention(16, 2, rngs=nnx.Rngs(0), impl='cudnn')

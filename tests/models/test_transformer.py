@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from merlot_jax.models.transformer import TransformerSpec, TransformerStack
+from tests.models.test_layers import fake_cudnn
 from tests.models.testlib import build_random, fast_jit, np_stack, pure_params, with_params
 
 SPEC = TransformerSpec(num_layers=2, hidden=16, num_heads=4, mlp_dim=32)
@@ -181,6 +182,32 @@ def test_fused_attention_impl_matches_xla(params):
   h_fused, probs = run(dataclasses.replace(SPEC, attention_impl='fused'), params, x, valid)
   assert probs is None
   np.testing.assert_allclose(h_fused, h_xla, rtol=1e-5, atol=1e-5)
+
+
+def test_cudnn_attention_impl_matches_xla_in_bfloat16_outputs_and_gradients(params, monkeypatch):
+  """'cudnn' (jax's kernel replaced by a CPU stand-in that writes its own value into padding queries' rows)
+  against 'xla', both bfloat16: same outputs, padding rows included, and the same gradients."""
+  fake_cudnn(monkeypatch)
+  x, valid = _inputs(4)
+
+  def value_and_grads(impl):
+    spec = dataclasses.replace(SPEC, dtype=jnp.bfloat16, attention_impl=impl)
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: TransformerStack(spec, rngs=nnx.Rngs(0))))
+
+    def loss(p):
+      state = jax.tree.map(lambda a: a, abstract)
+      nnx.replace_by_pure_dict(state, p)
+      h, _ = nnx.merge(graphdef, state)(jnp.asarray(x), jnp.asarray(valid))
+      h = h.astype(jnp.float32)
+      return jnp.sum(h * jnp.sin(jnp.arange(h.size, dtype=jnp.float32)).reshape(h.shape)), h
+
+    return jax.tree.map(np.asarray, fast_jit(jax.value_and_grad(loss, has_aux=True))(params))
+
+  (_, h_xla), g_xla = value_and_grads('xla')
+  (_, h_cudnn), g_cudnn = value_and_grads('cudnn')
+  np.testing.assert_allclose(h_cudnn, h_xla, rtol=5e-2, atol=5e-2)
+  for a, b in zip(jax.tree.leaves(g_cudnn), jax.tree.leaves(g_xla), strict=True):
+    np.testing.assert_allclose(a, b, rtol=5e-2, atol=5e-2 * max(1.0, float(np.abs(b).max())))
 
 
 def test_dropout_only_with_an_rng_and_identical_in_scan_and_loop(params):

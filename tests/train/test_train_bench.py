@@ -1,0 +1,96 @@
+"""The train benchmark: the analytic-vs-XLA FLOP cross-check (passes on the real model, fails when the count is
+off), the GPU peak table, the report, and the largest-batch search."""
+
+import re
+
+import jax
+import numpy as np
+import pytest
+
+from merlot_jax.train import bench, metrics
+from tests.train.batches import micro_config
+
+
+@pytest.fixture(scope='module')
+def result():
+  """One benchmark of the micro config compiled unrolled (so the timed step is also the FLOP check's)."""
+  config = micro_config()
+  config.model.scan_layers = False
+  return config, bench.run_train_benchmark(config, steps=1, peak_tflops=1.0)
+
+
+def test_flop_cross_check_passes_on_the_real_model(result):
+  config, r = result
+  ratio = bench.check_flops(config, r.xla_flops_per_step)
+  assert abs(ratio - 1) <= bench.FLOP_TOLERANCE
+  assert ratio == r.xla_flops_per_step / r.model_flops_per_step
+  assert r.model_flops_per_step == metrics.model_flops_per_example(config) * config.train.global_batch_size
+
+
+def test_flop_cross_check_raises_with_both_numbers_when_the_analytic_count_is_off(result, monkeypatch):
+  config, r = result
+  real = metrics.model_flops_per_example
+  monkeypatch.setattr(metrics, 'model_flops_per_example', lambda c, **kw: real(c, **kw) / 2)
+  with pytest.raises(bench.FlopCountError) as e:
+    bench.check_flops(config, r.xla_flops_per_step)
+  message = str(e.value)
+  assert f'{r.model_flops_per_step / 2:.4g}' in message and f'{r.xla_flops_per_step:.4g}' in message
+  assert f'ratio {2 * r.xla_flops_per_step / r.model_flops_per_step:.3f}' in message
+
+
+def test_report_on_cpu(result):
+  config, r = result
+  assert r.num_devices == jax.device_count() and r.global_batch_size == config.train.global_batch_size
+  assert r.step_seconds > 0 and r.compile_seconds > 0
+  assert r.measured_peak_bytes is None and r.compiled_bytes > 0  # the CPU reports no allocator stats
+  assert r.peak.flops == 1e12 * jax.device_count() and r.mfu == r.achieved_flops / r.peak.flops
+  lines = bench.format_report(r).splitlines()
+  assert 'GiB compiled (XLA memory analysis); measured: not reported by this device' in lines[-2]
+  assert re.fullmatch(r'MFU: \d\.\d{4}', lines[-1])
+
+
+def test_unrolled_xla_flops_compiles_unrolled_without_remat_or_cudnn_and_sums_devices(monkeypatch):
+  seen = []
+
+  class Compiled:
+    def cost_analysis(self):
+      return {'flops': 10.0}
+
+  monkeypatch.setattr(bench, 'compile_step', lambda c: (seen.append(c.model), (Compiled(), None, 0.0))[1])
+  config = micro_config()
+  config.model.remat_policy, config.model.dtype, config.model.attention_impl = 'full', 'bfloat16', 'cudnn'
+  assert bench.unrolled_xla_flops(config) == 10.0 * jax.device_count()
+  m = seen[0]
+  assert not m.scan_layers and m.remat_policy == 'none' and m.attention_impl == 'xla' and m.dtype == 'bfloat16'
+  assert config.model.scan_layers and config.model.remat_policy == 'full'  # the caller's config is untouched
+
+
+def test_gpu_peaks_by_device_kind():
+  kinds = {'NVIDIA H200': 989, 'NVIDIA H100 80GB HBM3': 989, 'NVIDIA H100 PCIe': 756, 'NVIDIA A100-SXM4-80GB': 312,
+           'NVIDIA A100 80GB PCIe': 312, 'NVIDIA L4': 121, 'Tesla V100-SXM2-16GB': 125, 'NVIDIA L40S': None,
+           'cpu': None}
+  assert {k: bench.gpu_peak_tflops(k) for k in kinds} == kinds
+
+
+def test_cpu_peak_is_the_measured_matmul_peak(monkeypatch):
+  monkeypatch.setattr(bench, 'matmul_peak', lambda: 2e11)
+  peak = bench.device_peak()
+  assert peak.flops == 2e11 and 'measured' in peak.source
+  assert bench.device_peak(3.0).flops == 3e12 * jax.device_count()
+
+
+@pytest.mark.parametrize('memory_mib, best', [(100, 30), (13, 1), (12, 0), (10_000, 64)])
+def test_find_max_batch_doubles_then_bisects(monkeypatch, memory_mib, best):
+  mib = 2**20
+  monkeypatch.setattr(bench, 'step_bytes', lambda config, b: (10 + 3 * b) * mib)  # fits iff b <= (M - 10) / 3
+  found, tried = bench.find_max_batch(micro_config(), memory_mib * mib, limit=64, log=lambda line: None)
+  assert found == best
+  assert len(tried) <= 2 * int(np.log2(64)) + 1
+  if memory_mib == 100:
+    assert list(tried) == [1, 2, 4, 8, 16, 32, 24, 28, 30, 31]
+
+
+def test_with_batch_scales_by_the_batch_devices():
+  config = micro_config()
+  assert bench.with_batch(config, 3).train.global_batch_size == 3 * jax.device_count()  # all devices on fsdp
+  assert config.train.global_batch_size == 8
