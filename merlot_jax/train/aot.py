@@ -1,10 +1,15 @@
 """Ahead-of-time compilation of the full train step for a TPU topology, on any host (MaxText's
 `train_compile`): libtpu builds compile-only devices for the topology, the state and the global batch
-are ShapeDtypeStructs with their NamedShardings, and XLA's TPU compiler reports memory and FLOPs.
+are ShapeDtypeStructs with their NamedShardings, and XLA's TPU compiler reports memory and costs.
+
+Every number is compiled (XLA's memory analysis of the step as configured; XLA's FLOPs and bytes accessed of
+the same step compiled unrolled, `scan_layers=False`, since a scanned loop body is counted once) or a bound
+derived from those and the chip's datasheet rates (the compute and roofline bounds). Nothing is measured: no
+TPU runs, so there is no step time and no MFU.
 
 Slice names count what Cloud TPU counts: v3-N, v4-N and v5p-N are N TensorCores (N / 2 chips),
 v5e-N (= v5litepod-N) is N chips. JAX sees a v3 core as one device, and a v4 / v5p chip (megacore)
-or a v5e chip as one device; the HBM and peak FLOP/s below are per JAX device.
+or a v5e chip as one device; the HBM, peak FLOP/s and HBM bandwidth below are per JAX device.
 """
 
 from __future__ import annotations
@@ -12,21 +17,23 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import mesh_utils, topologies
 from jax.sharding import Mesh
 
 from merlot_jax import sharding
-from merlot_jax.train import optim
-from merlot_jax.train import state as state_lib
-from merlot_jax.train import step as step_lib
+from merlot_jax.pretraining.task import PRETRAINING
+from merlot_jax.train import setup
 from merlot_jax.train.metrics import model_flops_per_example
 
 GiB = 2**30
+
+
+_FIT_ADVICE = 'Try more fsdp/tensor sharding, --config.model.remat_policy=full, or a smaller batch.'
 
 
 class DoesNotFitError(RuntimeError):
@@ -43,14 +50,19 @@ class Generation:
   devices_per_chip: int  # 2 on v3 (a device is a core), 1 elsewhere (v4 / v5p: megacore)
   hbm_bytes: int
   peak_flops: float  # bfloat16 FLOP/s
+  hbm_bandwidth: float  # bytes/s
   name_counts_cores: bool  # 'v4-8' is 8 cores; 'v5e-8' is 8 chips
 
 
+# Per chip in the Cloud TPU system-architecture tables (GBps = 1e9 bytes/s), divided by devices per chip:
+# v3 123 TFLOP/s, 32 GiB, 900 GBps (cloud.google.com/tpu/docs/v3); v4 275 TFLOP/s, 32 GiB, 1200 GBps
+# (cloud.google.com/tpu/docs/v4); v5e 197 TFLOP/s, 16 GB, 819 GBps (cloud.google.com/tpu/docs/v5e); v5p
+# 459 TFLOP/s, 95 GB, 2765 GBps (cloud.google.com/tpu/docs/v5p-training).
 GENERATIONS = {
-    'v3': Generation('v3', 'TPU v3', 2, 2, 16 * GiB, 123e12 / 2, True),  # 32 GiB, 123 TF per 2-core chip
-    'v4': Generation('v4', 'TPU v4', 3, 1, 32 * GiB, 275e12, True),
-    'v5e': Generation('v5e', 'TPU v5 lite', 2, 1, 16 * GiB, 197e12, False),
-    'v5p': Generation('v5p', 'TPU v5', 3, 1, 95 * GiB, 459e12, True),
+    'v3': Generation('v3', 'TPU v3', 2, 2, 16 * GiB, 123e12 / 2, 900e9 / 2, True),
+    'v4': Generation('v4', 'TPU v4', 3, 1, 32 * GiB, 275e12, 1200e9, True),
+    'v5e': Generation('v5e', 'TPU v5 lite', 2, 1, 16 * GiB, 197e12, 819e9, False),
+    'v5p': Generation('v5p', 'TPU v5', 3, 1, 95 * GiB, 459e12, 2765e9, True),
 }
 _ALIASES = {'v5litepod': 'v5e'}
 
@@ -130,22 +142,29 @@ def topology_mesh(config: ml_collections.ConfigDict, devices: list[jax.Device]) 
   return Mesh(mesh_utils.create_device_mesh(shape, devices), sharding.MESH_AXES)
 
 
-def abstract_batch(config: ml_collections.ConfigDict, mesh: Mesh) -> step_lib.Batch:
-  """The global batch as ShapeDtypeStructs sharded like `step.global_batch` makes it."""
-  m, b = config.model, config.train.global_batch_size
-  batch_devices = mesh.shape['data'] * mesh.shape['fsdp']
-  if b % batch_devices:
-    raise ValueError(f'config.train.global_batch_size = {b} must be divisible by mesh data x fsdp = '
-                     f'{batch_devices}')
-  shapes = {'images': ((b, m.num_segments, *m.image_size, 3), jnp.uint8),
-            'input_ids': ((b, m.num_segments, m.segment_length), jnp.int32),
-            'video_src_ids': ((b, m.num_segments), jnp.int32), 'image_index': ((b, m.num_segments), jnp.int32)}
-  sh = step_lib.batch_shardings(mesh, config)
-  return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sh[k]) for k, (shape, dtype) in shapes.items()}
+@dataclasses.dataclass(frozen=True)
+class Cost:
+  """XLA's cost analysis of one compiled program, per device: an SPMD compile is one partitioned program that
+  every device runs, and the analysis counts that program (configs/tiny.py on v5e:2x2: 1/4 of the FLOPs and
+  bytes of v5e:1x1, within 2%)."""
+
+  flops: float
+  bytes_accessed: float
+
+
+def xla_cost(compiled: jax.stages.Compiled) -> Cost | None:
+  """The compiled program's FLOPs and bytes accessed per device, or None where XLA reports none."""
+  costs = compiled.cost_analysis()
+  costs = (costs[0] if isinstance(costs, (list, tuple)) else costs) or {}
+  flops, bytes_accessed = float(costs.get('flops', 0.0)), float(costs.get('bytes accessed', 0.0))
+  return Cost(flops, bytes_accessed) if flops > 0 and bytes_accessed > 0 else None
 
 
 @dataclasses.dataclass(frozen=True)
 class Report:
+  """One compiled train step. Memory and costs are XLA's (compiled), per device; the two step-time bounds
+  are derived from them and the Generation's datasheet rates (lower bounds, not estimates of the step)."""
+
   topology: Topology
   num_devices: int
   mesh: dict[str, int]
@@ -156,10 +175,12 @@ class Report:
   alias_bytes: int  # outputs written into donated arguments
   temp_bytes: int
   code_bytes: int
-  model_flops_per_step: float  # analytic, whole slice
-  xla_flops_per_step: float | None  # cost_analysis, summed over devices
-  xla_seconds: float | None  # cost_analysis's own estimate, if it offers one
+  model_flops_per_step: float  # analytic (3 x the forward's matmuls and convs), whole slice
+  compiled_cost: Cost | None  # the step as configured; a scanned layer stack's loop body is counted once
+  unrolled_cost: Cost | None  # the step with scan_layers=False, every layer counted; None: not compiled
   total_steps: int
+  compile_seconds: float  # on this host
+  unrolled_compile_seconds: float | None  # None: no second compile
 
   @property
   def total_bytes(self) -> int:
@@ -174,84 +195,123 @@ class Report:
     return self.total_bytes <= self.hbm_bytes
 
   @property
-  def step_seconds(self) -> float:
-    """A lower bound: the larger FLOP count at the chips' peak, or XLA's roofline estimate if longer.
-    (XLA's cost analysis counts a scanned loop body once, so its FLOPs and time undercount.)"""
-    flops = max(self.model_flops_per_step, self.xla_flops_per_step or 0.0)
-    return max(flops / (self.num_devices * self.topology.generation.peak_flops), self.xla_seconds or 0.0)
+  def compute_bound_seconds(self) -> float:
+    """The analytic FLOPs at every device's bf16 peak: no step is faster."""
+    return self.model_flops_per_step / (self.num_devices * self.topology.generation.peak_flops)
 
   @property
-  def mfu(self) -> float:
-    return self.model_flops_per_step / (self.step_seconds * self.num_devices * self.topology.generation.peak_flops)
+  def roofline_bound_seconds(self) -> float | None:
+    """max(FLOPs / peak, bytes accessed / HBM bandwidth) of one device's unrolled program, which every device
+    runs at once, so it bounds the slice's step; a lower bound as far as XLA's byte count is the HBM traffic.
+    ICI communication and latencies are left out. None without the unrolled compile."""
+    if self.unrolled_cost is None:
+      return None
+    g = self.topology.generation
+    return max(self.unrolled_cost.flops / g.peak_flops, self.unrolled_cost.bytes_accessed / g.hbm_bandwidth)
 
-  def format(self) -> str:
-    g, gib = self.topology.generation, lambda x: f'{x / GiB:7.2f} GiB'
-    mesh = ' '.join(f'{k}={v}' for k, v in self.mesh.items())
-    xla = f'{self.xla_flops_per_step / 1e15:.2f} PFLOP' if self.xla_flops_per_step else 'n/a'
-    xla_time = f'{self.xla_seconds:.3f} s' if self.xla_seconds else 'n/a'
-    peak = self.num_devices * g.peak_flops
-    days = lambda seconds: seconds * self.total_steps / 86400
-    return '\n'.join([
-        f'{self.topology.name} ({self.topology.topology_name}, {self.num_devices} x {g.device_kind} devices), '
-        f'mesh {mesh}, remat {self.remat_policy}, global batch {self.global_batch_size}',
-        'memory per device:',
+  def _memory_lines(self) -> list[str]:
+    gib = lambda x: f'{x / GiB:7.2f} GiB'
+    return [
+        "memory per device (compiled: XLA's memory analysis of the step as configured):",
         f'  arguments     {gib(self.argument_bytes)}',
         f'  outputs       {gib(self.output_bytes)} ({gib(self.alias_bytes).strip()} aliased to donated arguments)',
         f'  temporaries   {gib(self.temp_bytes)}',
         f'  generated code{gib(self.code_bytes)}',
         f'  total         {gib(self.total_bytes)} of {gib(self.hbm_bytes).strip()} HBM '
         f'({100 * self.total_bytes / self.hbm_bytes:.0f}%)',
-        f'FLOPs per step: model {self.model_flops_per_step / 1e15:.2f} PFLOP, XLA cost analysis {xla}',
-        f'step time >= {self.step_seconds:.3f} s (FLOPs at peak; XLA roofline {xla_time}) -> MFU <= '
-        f'{100 * self.mfu:.0f}%; {self.total_steps} steps: >= {days(self.step_seconds):.1f} days, '
-        f'{days(self.model_flops_per_step / (0.4 * peak)):.1f} days at 40% MFU',
+    ]
+
+  def _cost_lines(self) -> list[str]:
+    g, n, u = self.topology.generation, self.num_devices, self.unrolled_cost
+    unrolled = ('not compiled (--nounrolled_cost)' if u is None else
+                f'{_flop(u.flops)}, {u.bytes_accessed / 1e9:.4g} GB accessed (x {n} devices = '
+                f'{u.flops * n / self.model_flops_per_step:.3f} x the analytic FLOPs)')
+    compiled = 'n/a' if self.compiled_cost is None else _flop(self.compiled_cost.flops)
+    roofline = self.roofline_bound_seconds
+    days = lambda seconds: 'n/a' if seconds is None else f'{seconds * self.total_steps / 86400:.3g} days'
+    which = '' if u is None else (': the bytes term' if u.bytes_accessed / g.hbm_bandwidth > u.flops / g.peak_flops
+                                  else ': the FLOPs term')
+    return [
+        f'FLOPs per step, whole slice: analytic {_flop(self.model_flops_per_step)} (3 x forward matmuls and convs)',
+        'XLA cost analysis per device (compiled):',
+        f'  unrolled (scan_layers=False)   {unrolled}',
+        f"  as configured                  {compiled} (each scanned layer stack's body counted once)",
+        'step-time lower bounds (bounds, not measurements: no TPU ran):',
+        f'  compute bound   {self.compute_bound_seconds:.3g} s: analytic FLOPs / ({n} x '
+        f'{g.peak_flops / 1e12:.4g} TFLOP/s bf16 peak)',
+        f'  roofline bound  {"n/a" if roofline is None else f"{roofline:.3g} s"}: max(XLA FLOPs / '
+        f'{g.peak_flops / 1e12:.4g} TFLOP/s, XLA bytes / {g.hbm_bandwidth / 1e9:.4g} GB/s) per device{which}',
+        f'{self.total_steps} steps (config.train.total_steps) at the compute bound: >= '
+        f'{days(self.compute_bound_seconds)}; at the roofline bound: >= {days(roofline)}',
+    ]
+
+  def format(self) -> str:
+    g = self.topology.generation
+    mesh = ' '.join(f'{k}={v}' for k, v in self.mesh.items())
+    unrolled = '' if self.unrolled_compile_seconds is None else f' + {self.unrolled_compile_seconds:.0f} s unrolled'
+    return '\n'.join([
+        f'{self.topology.name} ({self.topology.topology_name}, {self.num_devices} x {g.device_kind} devices), '
+        f'mesh {mesh}, remat {self.remat_policy}, global batch {self.global_batch_size}',
+        *self._memory_lines(), *self._cost_lines(),
+        f'compiled in {self.compile_seconds:.0f} s{unrolled} on this host',
     ])
 
 
-def _cost(compiled: jax.stages.Compiled) -> tuple[float | None, float | None]:
-  costs = compiled.cost_analysis()
-  costs = costs[0] if isinstance(costs, (list, tuple)) else costs
-  if not costs:
-    return None, None
-  flops = costs.get('flops')
-  seconds = costs.get('optimal_seconds')
-  return (float(flops) if flops and flops > 0 else None), (float(seconds) if seconds and seconds > 0 else None)
+def _flop(flops: float) -> str:
+  """FLOPs in PFLOP, TFLOP or GFLOP, the largest unit that keeps the number at least 1."""
+  scale, unit = next(((s, u) for s, u in ((1e15, 'PFLOP'), (1e12, 'TFLOP')) if flops >= s), (1e9, 'GFLOP'))
+  return f'{flops / scale:.4g} {unit}'
 
 
-def compile_train_step(config: ml_collections.ConfigDict, topology_name: str) -> tuple[Report,
-                                                                                        jax.stages.Compiled]:
-  """Lowers and compiles the full train step of `config` for the named slice. Raises DoesNotFitError
-  (naming the topology, mesh, remat policy and sizes) when it does not fit in HBM."""
-  topology = parse_topology(topology_name)
-  devices = topology_devices(topology)
-  mesh = topology_mesh(config, devices)
-  tx = optim.make_optimizer(config.optim, config.train.total_steps)
-  graphdef, abstract, shardings = state_lib.state_shardings(config, mesh, tx)
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
-  batch = abstract_batch(config, mesh)
-  jitted = step_lib.jit_train_step(config, graphdef, tx, mesh, shardings)
-  setting = (f'{topology.name} with mesh {dict(mesh.shape)}, remat {config.model.remat_policy!r}, global batch '
-             f'{config.train.global_batch_size}')
+def unrolled(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` with every layer stack unrolled (model.scan_layers=False): the same step with one copy
+  of each layer in the program, which XLA's cost analysis then counts in full."""
+  c = config.copy_and_resolve_references()
+  c.model.scan_layers = False
+  return c
+
+
+def _compile(config: ml_collections.ConfigDict, mesh: Mesh, setting: str) -> jax.stages.Compiled:
+  """Lowers and compiles the pretraining train step of `config` on `mesh` for its abstract state and global
+  batch; DoesNotFitError when XLA runs out of HBM."""
+  run = setup.build(config, PRETRAINING, mesh=mesh)
   with jax.set_mesh(mesh):
-    lowered = jitted.lower(abstract, batch)
+    lowered = run.jit_train_step.lower(run.abstract_state, run.abstract_batch())
     try:
-      compiled = lowered.compile()
+      return lowered.compile()
     except jax.errors.JaxRuntimeError as e:
       if 'RESOURCE_EXHAUSTED' in str(e) or 'out of memory' in str(e).lower():
         raise DoesNotFitError(f'the train step does not fit in HBM on {setting}: XLA says {str(e)[:600]}. '
-                              'Try more fsdp/tensor sharding, --remat full, or a smaller batch.') from e
+                              f'{_FIT_ADVICE}') from e
       raise
-  mem = compiled.memory_analysis()
-  flops, seconds = _cost(compiled)
-  n = len(devices)
-  report = Report(topology, n, dict(mesh.shape), config.model.remat_policy, config.train.global_batch_size,
+
+
+def compile_train_step(config: ml_collections.ConfigDict, topology_name: str, *, unrolled_cost: bool = True
+                       ) -> tuple[Report, jax.stages.Compiled]:
+  """Compiles the full train step of `config` for the named slice and, with `unrolled_cost` (when the config
+  scans its layers), the same step unrolled, for XLA's FLOPs and bytes of every layer. Raises DoesNotFitError
+  (naming the topology, mesh, remat policy and sizes) when the step as configured does not fit in HBM, before
+  the unrolled compile. Returns the report and the step as configured, compiled."""
+  topology = parse_topology(topology_name)
+  mesh = topology_mesh(config, topology_devices(topology))
+  setting = (f'{topology.name} with mesh {dict(mesh.shape)}, remat {config.model.remat_policy!r}, global batch '
+             f'{config.train.global_batch_size}')
+  start = time.perf_counter()
+  compiled = _compile(config, mesh, setting)
+  seconds, mem, cost = time.perf_counter() - start, compiled.memory_analysis(), xla_cost(compiled)
+  report = Report(topology, mesh.size, dict(mesh.shape), config.model.remat_policy, config.train.global_batch_size,
                   mem.argument_size_in_bytes, mem.output_size_in_bytes, mem.alias_size_in_bytes,
                   mem.temp_size_in_bytes, mem.generated_code_size_in_bytes,
-                  model_flops_per_example(config) * config.train.global_batch_size,
-                  None if flops is None else flops * n, seconds, config.train.total_steps)
+                  model_flops_per_example(config) * config.train.global_batch_size, cost,
+                  None if config.model.scan_layers else cost, config.train.total_steps, seconds, None)
   if not report.fits:
     raise DoesNotFitError(f'the train step does not fit in HBM on {setting}: it needs '
                           f'{report.total_bytes / GiB:.2f} GiB per device, the chip has '
-                          f'{report.hbm_bytes / GiB:.0f} GiB. Try more fsdp/tensor sharding, --remat full, '
-                          f'or a smaller batch.\n{report.format()}')
+                          f'{report.hbm_bytes / GiB:.0f} GiB. {_FIT_ADVICE}\n{report.format()}')
+  if unrolled_cost and config.model.scan_layers:
+    start = time.perf_counter()
+    full = _compile(unrolled(config), mesh, f'{setting}, unrolled (scan_layers=False) for its cost analysis '
+                    'only; the scanned step fits: --nounrolled_cost skips this compile')
+    report = dataclasses.replace(report, unrolled_cost=xla_cost(full),
+                                 unrolled_compile_seconds=time.perf_counter() - start)
   return report, compiled

@@ -1,10 +1,17 @@
-"""Train-step benchmark: step time, model FLOPs (analytic, cross-checked with XLA) and MFU against this
-machine's own measured matmul peak, all measured in one process; plus compile time against depth."""
+"""Train-step benchmark: step time, achieved FLOP/s, MFU and peak memory; the analytic FLOP count checked
+against XLA's; compile time against depth; the largest per-device batch whose compiled step fits in memory.
+
+MFU is against a GPU's datasheet bf16 dense peak (by `device_kind`, or a given one); on other devices (the
+CPU) against this machine's own float32 matmul peak, measured in the same process.
+"""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import re
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -14,9 +21,56 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from merlot_jax import sharding
 from merlot_jax.data.random_batch import random_batch
-from merlot_jax.train import metrics, optim
-from merlot_jax.train import state as state_lib
-from merlot_jax.train import step as step_lib
+from merlot_jax.pretraining.task import PRETRAINING
+from merlot_jax.train import metrics, setup
+
+GiB = 2**30
+
+# bf16 dense (no sparsity) tensor-core peaks in TFLOP/s per GPU, from NVIDIA's datasheets, which quote
+# "with sparsity" figures, twice these (nvidia.com: H100, H200, A100, L4 and V100 datasheets). The key is a
+# word of jax's device_kind (e.g. 'NVIDIA H100 80GB HBM3', 'NVIDIA H200'); the first match counts.
+GPU_PEAK_TFLOPS = (
+    ('H200', 989.0),  # H200 SXM: BF16 Tensor Core 1,979 TFLOPS with sparsity
+    ('H100 PCIe', 756.0),  # H100 PCIe: 1,513 with sparsity
+    ('H100 NVL', 835.5),  # H100 NVL: 1,671 with sparsity
+    ('H100', 989.0),  # H100 SXM: 1,979 with sparsity
+    ('A100', 312.0),  # A100 SXM and PCIe: BF16 Tensor Core 312 (624 with sparsity)
+    ('L4', 121.0),  # L4: BF16 Tensor Core 242 with sparsity
+    ('V100-PCIE', 112.0),  # V100 PCIe: FP16 Tensor Core 112 (Volta has no bf16)
+    ('V100', 125.0),  # V100 SXM2: FP16 Tensor Core 125
+)
+
+# Tolerance of the FLOP cross-check: |XLA / analytic - 1|, with XLA's cost analysis of the step compiled as
+# `flop_check_config` makes it: unrolled (XLA counts a scanned body once, not once per layer), no remat
+# (no recomputation) and the 'xla' attention. Measured ratios (jax 0.10.2, CPU): configs/tiny.py 0.963 on
+# 1 device, 0.992 on 8; the tests' micro config 0.922 on 1 device, 1.121 on 8. XLA counts what the analytic
+# matmul/conv count leaves out: elementwise work (LayerNorm, GELU, softmax, GroupNorm, weight standardisation,
+# Adam), a few percent; and on N devices the per-device program times N, which counts replicated work (the
+# replicated conv kernels' standardisation and update, the global-batch contrastive matrix) N times: +3% on
+# tiny, +20% on micro at one example per device. It leaves out what the analytic count includes: the kernel
+# taps of a convolution that fall on SAME padding (a 3x3 conv on a 2x2 map counts 4/9 of the dense count, on
+# 8x8 0.84, on 64x64 0.98; the small-frame configs' ResNet dominates their FLOPs, hence their ratios below 1)
+# and the input gradient of the first conv. A wrong component (a layer stack counted once, a missing
+# backward, a factor of 2) moves the ratio by far more than 0.2; 0.2 keeps every measured ratio inside.
+FLOP_TOLERANCE = 0.2
+
+
+class FlopCountError(AssertionError):
+  """The analytic model FLOPs and XLA's cost analysis disagree by more than FLOP_TOLERANCE."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Peak:
+  flops: float  # all devices
+  source: str
+
+
+def gpu_peak_tflops(device_kind: str) -> float | None:
+  """The bf16 dense peak of GPU_PEAK_TFLOPS for jax's device_kind, or None if it is not listed."""
+  for key, tflops in GPU_PEAK_TFLOPS:
+    if re.search(rf'\b{re.escape(key)}\b', device_kind):
+      return tflops
+  return None
 
 
 def matmul_peak(size: int = 2048, repeats: int = 10, trials: int = 3) -> float:
@@ -37,13 +91,89 @@ def matmul_peak(size: int = 2048, repeats: int = 10, trials: int = 3) -> float:
   return 2 * size**3 * repeats * len(devices) / best
 
 
+def device_peak(peak_tflops: float | None = None) -> Peak:
+  """The peak MFU is measured against: `peak_tflops` per device if given; a GPU's from GPU_PEAK_TFLOPS;
+  elsewhere this machine's measured float32 matmul peak."""
+  n, kind = jax.device_count(), jax.devices()[0].device_kind
+  if peak_tflops:
+    return Peak(peak_tflops * 1e12 * n, f'given: {peak_tflops:g} TFLOP/s per device')
+  if jax.default_backend() == 'gpu':
+    tflops = gpu_peak_tflops(kind)
+    if tflops is None:
+      raise ValueError(f'no bf16 peak listed for {kind!r} (merlot_jax/train/bench.py GPU_PEAK_TFLOPS): pass '
+                       '--peak_tflops with its datasheet bf16 dense TFLOP/s')
+    return Peak(tflops * 1e12 * n, f'datasheet bf16 dense, {kind}: {tflops:g} TFLOP/s per device')
+  return Peak(matmul_peak(), 'measured float32 matmul peak of this machine')
+
+
+def compile_step(config: ml_collections.ConfigDict) -> tuple[jax.stages.Compiled, setup.Setup, float]:
+  """The config's pretraining train step compiled for its abstract state and global batch:
+  (compiled, setup, compile seconds)."""
+  run = setup.build(config, PRETRAINING)
+  start = time.perf_counter()
+  with jax.set_mesh(run.mesh):
+    compiled = run.jit_train_step.lower(run.abstract_state, run.abstract_batch()).compile()
+  return compiled, run, time.perf_counter() - start
+
+
+def compile_seconds(config: ml_collections.ConfigDict) -> float:
+  """Wall time to compile the train step (scan over layers keeps it nearly flat in depth)."""
+  return compile_step(config)[-1]
+
+
+def compiled_bytes(compiled: jax.stages.Compiled) -> int:
+  """Per-device memory of a compiled step from XLA's memory analysis: arguments + outputs not aliased to
+  donated arguments + temporaries + generated code."""
+  m = compiled.memory_analysis()
+  return (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+          + m.generated_code_size_in_bytes)
+
+
+def _xla_flops(compiled: jax.stages.Compiled) -> float:
+  """XLA's cost-analysis FLOPs of a compiled SPMD step, all devices (its analysis is of one device)."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost['flops']) * jax.device_count()
+
+
+def flop_check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` whose compiled step XLA counts as the analytic count does: every layer unrolled
+  (scan_layers False), no remat (no recomputation), and the 'xla' attention (the same math; a cuDNN kernel is
+  a custom call, whose FLOPs XLA's cost analysis does not see)."""
+  c = copy.deepcopy(config)
+  c.model.scan_layers, c.model.remat_policy, c.model.attention_impl = False, 'none', 'xla'
+  return c
+
+
+def unrolled_xla_flops(config: ml_collections.ConfigDict) -> float:
+  """XLA's FLOPs of one train step of `flop_check_config(config)`, summed over devices."""
+  return _xla_flops(compile_step(flop_check_config(config))[0])
+
+
+def check_flops(config: ml_collections.ConfigDict, xla_flops: float, tolerance: float = FLOP_TOLERANCE) -> float:
+  """Returns XLA / analytic FLOPs per step; raises FlopCountError with both numbers when they disagree by
+  more than `tolerance`."""
+  analytic = metrics.model_flops_per_example(config) * config.train.global_batch_size
+  ratio = xla_flops / analytic
+  if abs(ratio - 1) > tolerance:
+    raise FlopCountError(f'FLOPs per train step: analytic (merlot_jax/train/metrics.py) {analytic:.4g}, XLA '
+                         f'cost analysis of the unrolled step {xla_flops:.4g}: ratio {ratio:.3f}, outside '
+                         f'1 +- {tolerance} (FLOP_TOLERANCE in merlot_jax/train/bench.py); MFU would be wrong')
+  return ratio
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainBenchResult:
+  device_kind: str
+  num_devices: int
+  global_batch_size: int
   compile_seconds: float
   step_seconds: float
   model_flops_per_step: float  # analytic count (train = 3x forward)
-  xla_flops_per_step: float  # XLA's cost analysis of the compiled step (all devices)
-  peak_flops: float
+  xla_flops_per_step: float | None  # XLA's cost analysis of the unrolled step, all devices (None: not checked)
+  peak: Peak
+  compiled_bytes: int  # per device, XLA's memory analysis of the benchmarked step
+  measured_peak_bytes: int | None  # the device allocator's peak_bytes_in_use (GPU); None where not reported
 
   @property
   def achieved_flops(self) -> float:
@@ -51,47 +181,105 @@ class TrainBenchResult:
 
   @property
   def mfu(self) -> float:
-    return self.achieved_flops / self.peak_flops
+    return self.achieved_flops / self.peak.flops
 
 
-def _compiled_step(config: ml_collections.ConfigDict):
-  mesh = sharding.make_mesh(config.mesh)
-  tx = optim.make_optimizer(config.optim, config.train.total_steps)
-  graphdef, state, shardings = state_lib.create_train_state(config, mesh, tx)
-  jitted = step_lib.jit_train_step(config, graphdef, tx, mesh, shardings)
-  batch_sh = step_lib.batch_shardings(mesh, config)
-  batch = step_lib.global_batch(random_batch(config, config.train.global_batch_size, 0), batch_sh)
-  start = time.perf_counter()
-  with jax.set_mesh(mesh):
-    compiled = jitted.lower(state, batch).compile()
-  return compiled, state, batch, mesh, time.perf_counter() - start
-
-
-def compile_seconds(config: ml_collections.ConfigDict) -> float:
-  """Wall time to compile the train step (scan over layers keeps it nearly flat in depth)."""
-  return _compiled_step(config)[-1]
-
-
-def run_train_benchmark(config: ml_collections.ConfigDict, steps: int = 5) -> TrainBenchResult:
-  compiled, state, batch, mesh, seconds = _compiled_step(config)
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  with jax.set_mesh(mesh):
+def _time_steps(compiled: jax.stages.Compiled, run: setup.Setup, steps: int) -> float:
+  """Seconds per step of `compiled` on a fresh state and a random batch (after one warm-up step)."""
+  state = run.init_state()
+  batch = run.global_batch(random_batch(run.config, run.config.train.global_batch_size, 0))
+  with jax.set_mesh(run.mesh):
     state, out = compiled(state, batch)  # warm-up
     jax.block_until_ready(out)
     start = time.perf_counter()
     for _ in range(steps):
       state, out = compiled(state, batch)
     jax.block_until_ready(out)
-  step_seconds = (time.perf_counter() - start) / steps
+  return (time.perf_counter() - start) / steps
+
+
+def run_train_benchmark(config: ml_collections.ConfigDict, steps: int = 5, *, peak_tflops: float | None = None,
+                        flop_check: bool = True) -> TrainBenchResult:
+  """Compiles and times the config's train step; with `flop_check`, first checks the analytic FLOPs against
+  XLA's (`check_flops`: raises FlopCountError), from the benchmarked step itself when it is already the
+  `flop_check_config`, else from a second compile of that."""
+  compiled, run, seconds = compile_step(config)
+  xla_flops = None
+  if flop_check:
+    same = flop_check_config(config).to_dict() == config.to_dict()
+    xla_flops = _xla_flops(compiled) if same else unrolled_xla_flops(config)
+    check_flops(config, xla_flops)
+  step_seconds = _time_steps(compiled, run, steps)
+  stats = jax.local_devices()[0].memory_stats() or {}
   flops = metrics.model_flops_per_example(config) * config.train.global_batch_size
-  return TrainBenchResult(seconds, step_seconds, flops, float(cost.get('flops', np.nan)), matmul_peak())
+  return TrainBenchResult(jax.devices()[0].device_kind, jax.device_count(), config.train.global_batch_size,
+                          seconds, step_seconds, flops, xla_flops, device_peak(peak_tflops), compiled_bytes(compiled),
+                          stats.get('peak_bytes_in_use'))
 
 
 def format_report(r: TrainBenchResult) -> str:
+  """The benchmark's lines; the last is `MFU: X`."""
+  xla = 'not checked' if r.xla_flops_per_step is None else (
+      f'{r.xla_flops_per_step:.4g} (unrolled; ratio {r.xla_flops_per_step / r.model_flops_per_step:.3f}, '
+      f'tolerance {FLOP_TOLERANCE})')
+  measured = 'not reported by this device' if r.measured_peak_bytes is None else (
+      f'{r.measured_peak_bytes / GiB:.2f} GiB (peak_bytes_in_use)')
   return '\n'.join([
+      f'{r.num_devices} x {r.device_kind}, global batch {r.global_batch_size}',
       f'compile: {r.compile_seconds:.1f} s   step: {r.step_seconds * 1e3:.1f} ms',
-      f'model FLOPs/step: {r.model_flops_per_step:.4g} (analytic)   XLA cost analysis: {r.xla_flops_per_step:.4g} '
-      f'(ratio {r.xla_flops_per_step / r.model_flops_per_step:.3f})',
-      f'achieved: {r.achieved_flops / 1e9:.2f} GFLOP/s   matmul peak (measured): {r.peak_flops / 1e9:.2f} GFLOP/s',
+      f'model FLOPs/step: {r.model_flops_per_step:.4g} (analytic)   XLA cost analysis: {xla}',
+      f'achieved: {r.achieved_flops / 1e12:.4g} TFLOP/s   peak: {r.peak.flops / 1e12:.4g} TFLOP/s ({r.peak.source})',
+      f'memory per device: {r.compiled_bytes / GiB:.2f} GiB compiled (XLA memory analysis); measured: {measured}',
       f'MFU: {r.mfu:.4f}'])
+
+
+def with_batch(config: ml_collections.ConfigDict, per_device_batch: int) -> ml_collections.ConfigDict:
+  """A copy of `config` whose global batch is `per_device_batch` on each device of the data x fsdp axes."""
+  c = copy.deepcopy(config)
+  mesh = sharding.make_mesh(config.mesh)
+  c.train.global_batch_size = per_device_batch * mesh.shape['data'] * mesh.shape['fsdp']
+  return c
+
+
+def step_bytes(config: ml_collections.ConfigDict, per_device_batch: int) -> int:
+  """Per-device compiled memory of the train step at `per_device_batch` (a failed, out-of-memory compile
+  counts as not fitting: the maximum int64)."""
+  try:
+    return compiled_bytes(compile_step(with_batch(config, per_device_batch))[0])
+  except jax.errors.JaxRuntimeError as e:
+    if 'RESOURCE_EXHAUSTED' in str(e) or 'out of memory' in str(e).lower():
+      return np.iinfo(np.int64).max
+    raise
+
+
+def device_memory_bytes(memory_gib: float | None = None) -> int:
+  """`memory_gib`, else the device allocator's bytes_limit (GPU); raises where neither is known."""
+  if memory_gib:
+    return int(memory_gib * GiB)
+  limit = (jax.local_devices()[0].memory_stats() or {}).get('bytes_limit')
+  if limit is None:
+    raise ValueError(f'{jax.devices()[0].device_kind} reports no memory limit: pass --memory_gib')
+  return int(limit)
+
+
+def find_max_batch(config: ml_collections.ConfigDict, memory_bytes: int, *, limit: int = 4096,
+                   log: Callable[[str], None] = print) -> tuple[int, dict[int, int]]:
+  """The largest per-device batch whose compiled train step needs at most `memory_bytes` per device (0 if
+  not even 1 fits), by doubling from 1 and then bisecting; also every size tried -> its compiled bytes."""
+  tried: dict[int, int] = {}
+
+  def fits(b: int) -> bool:
+    tried[b] = step_bytes(config, b)
+    log(f'per-device batch {b}: {tried[b] / GiB:.2f} GiB compiled: {"fits" if tried[b] <= memory_bytes else "too big"}')
+    return tried[b] <= memory_bytes
+
+  if not fits(1):
+    return 0, tried
+  lo = 1
+  while 2 * lo <= limit and fits(2 * lo):
+    lo *= 2
+  hi = min(2 * lo, limit + 1)  # the smallest size known not to fit (or past the limit)
+  while hi - lo > 1:
+    mid = (lo + hi) // 2
+    lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+  return lo, tried
