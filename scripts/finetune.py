@@ -1,64 +1,80 @@
-"""Multiple-choice finetuning (TVQA-like or VCR-like) of a pretrained params checkpoint, then evaluation.
+"""Finetunes a pretrained model on VCR, TVQA (multiple choice) or MSRVTT-QA (open-ended), then evaluates.
 
   python scripts/finetune.py --config configs/finetune_vcr.py --init CKPT --workdir /tmp/vcr \
-      --data_dir /data/vcr_manual --tokenizer gpt2_dir
+      --data_dir /data/vcr1 --tokenizer gpt2_dir [--config.train.total_steps=1000]
 
-CKPT is a params checkpoint (scripts/convert_tf_checkpoint.py, or train.checkpoint.save_params); its model
-replaces the config's. The data layout is in merlot_jax/tasks/mc_data.py. Training resumes from
-WORKDIR/checkpoints; the eval split's accuracies are printed next to chance.
+CKPT is a params checkpoint (scripts/convert_tf_checkpoint.py, or merlot_jax.workdir.save_params); its model
+replaces the config's (so --config.model.* overrides have no effect). DATA_DIR is the release's root as
+unpacked (merlot_jax/tasks/vcr.py, tvqa.py, msrvtt_qa.py describe each layout). Training resumes from
+WORKDIR/checkpoints; the eval split's accuracies are printed next to chance, with the data's skip counts.
 """
 
-import argparse
 import functools
 import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from absl import app, flags
+from ml_collections import config_flags
 
-from merlot_jax.config import load_config  # noqa: E402
-from merlot_jax.data.tokenizer import load_tokenizer  # noqa: E402
-from merlot_jax.tasks import finetune as ft  # noqa: E402
-from merlot_jax.tasks import mc_data  # noqa: E402
-from merlot_jax.train import logs  # noqa: E402
+from merlot_jax.config import validate
+from merlot_jax.data.tokenizer import check_vocab, load_tokenizer
+from merlot_jax.tasks import finetune as ft
+from merlot_jax.tasks import mc_data, msrvtt_qa
+from merlot_jax.train import logs
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/finetune_{vcr,tvqa,msrvtt_qa}.py',
+                                          lock_config=False)
+_INIT = flags.DEFINE_string('init', None, 'params checkpoint directory (config.json + params/)')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'checkpoints, TensorBoard events and config.json go here')
+_DATA_DIR = flags.DEFINE_string('data_dir', None, 'the release root, as unpacked')
+_TOKENIZER = flags.DEFINE_string('tokenizer', None, 'the checkpoint\'s tokenizer (.model or GPT-2 dir)')
+_TFDS_DATA_DIR = flags.DEFINE_string('tfds_data_dir', None, 'where TFDS prepares VCR / TVQA')
+_TRAIN_SPLIT = flags.DEFINE_string('train_split', 'train', 'split trained on')
+_EVAL_SPLIT = flags.DEFINE_string('eval_split', 'val', 'split evaluated after training')
+_NO_PROGRESS = flags.DEFINE_bool('no_progress', False, 'no progress bar')
+_OVERRIDE = flags.DEFINE_bool('config_override_ok', False,
+                              'resume WORKDIR even if the config changes what the run trains')
+flags.mark_flags_as_required(['config', 'init', 'workdir', 'data_dir', 'tokenizer'])
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--config', required=True, help='configs/finetune_tvqa.py or configs/finetune_vcr.py')
-  parser.add_argument('--init', required=True, help='params checkpoint directory (config.json + params/)')
-  parser.add_argument('--workdir', required=True)
-  parser.add_argument('--data_dir', required=True, help='the manual directory (<split>.jsonl + JPEGs)')
-  parser.add_argument('--tokenizer', required=True, help='the checkpoint\'s tokenizer (.model or GPT-2 dir)')
-  parser.add_argument('--tfds_data_dir', default=None, help='where TFDS prepares the dataset')
-  parser.add_argument('--train_split', default='train')
-  parser.add_argument('--eval_split', default='val')
-  parser.add_argument('--no_progress', action='store_true')
-  parser.add_argument('--config_override_ok', action='store_true',
-                      help='resume WORKDIR even if the config changes what the run trains')
-  args = parser.parse_args(argv)
-
-  config = ft.load_finetune_config(load_config(args.config), args.init)
-  tokenizer = load_tokenizer(args.tokenizer)
-  if tokenizer.vocab_size > config.model.vocab_size:
-    raise ValueError(f'--tokenizer {args.tokenizer} has {tokenizer.vocab_size} ids but the checkpoint\'s '
-                     f'model.vocab_size is {config.model.vocab_size}')
+def finetune_multiple_choice(config, tokenizer) -> str:
+  """VCR or TVQA: trains, then the eval split's per-head accuracies next to chance."""
   task = config.finetune.task
-  load = functools.partial(mc_data.load_problems, task, args.data_dir, data_dir=args.tfds_data_dir)
+  load = functools.partial(mc_data.load_problems, task, _DATA_DIR.value, data_dir=_TFDS_DATA_DIR.value)
 
   def batches_factory(start, position):
     del position  # the data position is the step: training_batches skips what was seen
-    return mc_data.training_batches(lambda seed: load(args.train_split, shuffle_seed=seed), config, tokenizer,
+    return mc_data.training_batches(lambda seed: load(_TRAIN_SPLIT.value, shuffle_seed=seed), config, tokenizer,
                                     start)
 
-  with logs.library_info_to_file(pathlib.Path(args.workdir) / 'log.txt'):
-    state = ft.finetune(config, args.workdir, batches_factory, init_checkpoint=args.init,
-                        progress=not args.no_progress, config_override_ok=args.config_override_ok)
-  eval_batches = mc_data.mc_batches(load(args.eval_split), config, tokenizer, config.train.global_batch_size)
+  state = ft.finetune(config, _WORKDIR.value, batches_factory, init_checkpoint=_INIT.value,
+                      progress=not _NO_PROGRESS.value, config_override_ok=_OVERRIDE.value)
+  eval_batches = mc_data.mc_batches(load(_EVAL_SPLIT.value), config, tokenizer, config.train.global_batch_size)
   metrics = ft.summarize(ft.predict(config, state.params, eval_batches), config.finetune.heads)
-  print(f'{task} {args.eval_split}: ' + ', '.join(f'{k} {v:.4f}' for k, v in metrics.items()) +
-        f' (chance per head {ft.chance(config):.4f})')
-  return metrics
+  return (f'{task} {_EVAL_SPLIT.value}: ' + ', '.join(f'{k} {v:.4f}' for k, v in metrics.items()) +
+          f' (chance per head {ft.chance(config):.4f})')
+
+
+def finetune_msrvtt_qa(config, tokenizer) -> str:
+  """MSRVTT-QA: trains on the train split, then accuracy over every question of the eval split."""
+  state, vocabulary = msrvtt_qa.finetune(config, _DATA_DIR.value, _WORKDIR.value, tokenizer,
+                                         init_checkpoint=_INIT.value, progress=not _NO_PROGRESS.value,
+                                         config_override_ok=_OVERRIDE.value)
+  return msrvtt_qa.format_summary(msrvtt_qa.evaluate(config, state.params, _DATA_DIR.value, _EVAL_SPLIT.value,
+                                                     tokenizer, vocabulary, workdir=_WORKDIR.value,
+                                                     progress=not _NO_PROGRESS.value))
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  config = ft.load_finetune_config(validate(_CONFIG.value), _INIT.value)
+  tokenizer = load_tokenizer(_TOKENIZER.value)
+  check_vocab(tokenizer, config)
+  run = finetune_msrvtt_qa if config.finetune.task == 'msrvtt_qa' else finetune_multiple_choice
+  with logs.library_info_to_file(pathlib.Path(_WORKDIR.value) / 'log.txt'):
+    summary = run(config, tokenizer)
+  print(summary)
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

@@ -1,4 +1,5 @@
-"""Output heads: masked-LM head (tied embeddings), contrastive projections, temporal pair classifiers."""
+"""Output heads: masked-LM head (tied embeddings), contrastive projections, temporal pair classifiers, and the
+open-ended QA answer classifier."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from merlot_jax.models.layers import Dense, LayerNorm, gelu, l2_normalize, param
+from merlot_jax.models.layers import Dense, LayerNorm, dropout, gelu, l2_normalize, param
 
 
 class LMHead(nnx.Module):
@@ -61,4 +62,25 @@ class TemporalHead(nnx.Module):
   def __call__(self, xa: jax.Array, xb: jax.Array) -> jax.Array:
     """xa, xb: [g, n, hidden] -> float32 logits [g * n * n, 4]."""
     h = self.norm(gelu(self.intermediate(pairwise_concat(xa, xb))))
+    return self.logits(h).astype(jnp.float32)
+
+
+class AnswerHead(nnx.Module):
+  """Open-ended QA: a state [n, hidden] -> float32 logits [n, num_answers] of a softmax over an answer vocabulary.
+
+  The original's multiple-choice head (downstream/vcr `answer_cls`: dropout -> dense to hidden/2 + GELU ->
+  dropout -> dense) with one output per answer instead of one score per option; the original released no
+  open-ended head. The output bias starts at zero (a uniform softmax).
+  """
+
+  def __init__(self, hidden: int, num_answers: int, *, rngs: nnx.Rngs, init_std: float, dropout_rate: float,
+               dtype=jnp.float32):
+    self.intermediate = Dense(hidden, hidden // 2, ('embed', None), rngs=rngs, init_std=init_std, dtype=dtype)
+    self.logits = Dense(hidden // 2, num_answers, (None, 'vocab'), rngs=rngs, init_std=init_std, dtype=dtype)
+    self.dropout_rate = dropout_rate
+
+  def __call__(self, x: jax.Array, *, dropout_rng: jax.Array | None = None) -> jax.Array:
+    chex.assert_rank(x, 2)
+    r0, r1 = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
+    h = dropout(gelu(self.intermediate(dropout(x, self.dropout_rate, r0))), self.dropout_rate, r1)
     return self.logits(h).astype(jnp.float32)

@@ -1,6 +1,6 @@
 """Per-segment MERLOT features of whole videos, with the preprocessing of the pretraining corpus.
 
-A video and its transcript (X.mp4 beside X.vtt / X.en.vtt / X.srt / X.json, see data/video_segments.py)
+A video and its transcript (X.mp4 beside X.vtt / X.en.vtt / X.srt / X.json, see preprocess/framed_segments.py)
 become segments of at most segment_length tokens (START + the transcript's tokens) with the frame at each
 segment's middle time, resized and padded to the model's image size as at evaluation time. The model sees
 num_segments segments at a time: chunks 0..N-1, N..2N-1, ...; the last chunk is the video's final N
@@ -30,10 +30,10 @@ import numpy as np
 import tensorflow as tf
 from flax import nnx
 
-from merlot_jax.data.pipeline import decode_frames
+from merlot_jax.data.frames import decode_frames
 from merlot_jax.data.tokenizer import PAD, START, Tokenizer
-from merlot_jax.data.video_segments import VideoInput, find_videos, process_video
 from merlot_jax.models.merlot import MerlotModel
+from merlot_jax.preprocess.framed_segments import VideoInput, find_videos, process_video
 
 
 class VideoSkipped(Exception):

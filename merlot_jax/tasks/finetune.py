@@ -33,17 +33,24 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from merlot_jax import sharding
+from merlot_jax import workdir as workdir_lib
 from merlot_jax.config import ConfigError, validate
+from merlot_jax.data.batch_spec import Field
 from merlot_jax.models.layers import dropout, gelu, param, truncated_normal
 from merlot_jax.models.merlot import MerlotModel
 from merlot_jax.train import loop
+from merlot_jax.train import setup as setup_lib
 from merlot_jax.train import state as state_lib
-from merlot_jax.train import step as step_lib
-from merlot_jax.train.checkpoint import load_config_json, restore_params
+from merlot_jax.train.task import Batch, Metrics, Task
 
-# Model inputs: key -> rank (see mc_data.mc_batches for the meaning of each).
-MC_BATCH = {'images': 5, 'input_ids': 4, 'label': 1, 'head': 1, 'weight': 1}
+# The model's inputs, as mc_data.mc_batches yields them (it adds the host-only 'example_id').
+MC_BATCH_SPEC: dict[str, Field] = {
+    'images': Field(('b', 'N', 'H', 'W', 3), np.uint8, "the example's frames (one group), shared by its options"),
+    'input_ids': Field(('b', 'K', 'N', 'L'), np.int32, 'per option: context + option text in segment 0'),
+    'label': Field(('b',), np.int32, 'the right option'),
+    'head': Field(('b',), np.int32, 'which scoring head (VCR: 0 answer, 1 rationale)'),
+    'weight': Field(('b',), np.float32, '1 for a real row, 0 for padding of the last batch'),
+}
 VCR_HEADS = ('answer', 'rationale')
 
 
@@ -52,13 +59,17 @@ def finetune_config(task: ml_collections.ConfigDict, pretrained: ml_collections.
   """The task config with the pretrained model's architecture and the task's layout.
 
   task.finetune: num_frames (segments per option, all in one group), segment_length, num_options,
-  heads (names; one scoring head each). Everything else of `task` (optim, train, data, mesh) is kept.
+  heads (names; one scoring head each), optionally image_size (the frames' size for this task, e.g. VCR's
+  384 x 704; the ViT's 2-D position tables cover it up to model.max_2d_positions patches a side).
+  Everything else of `task` (optim, train, data, mesh) is kept.
   """
   c = task.copy_and_resolve_references()
   f = c.finetune
   c.model = pretrained.model.copy_and_resolve_references()
   c.model.num_segments = c.model.segments_per_group = f.num_frames
   c.model.segment_length = f.segment_length
+  if f.get('image_size'):
+    c.model.image_size = tuple(f.image_size)
   if f.num_options < 2 or not f.heads:
     raise ConfigError(f'config.finetune: num_options = {f.num_options}, heads = {f.heads}: need at least 2 '
                       'options and one head')
@@ -68,7 +79,7 @@ def finetune_config(task: ml_collections.ConfigDict, pretrained: ml_collections.
 def load_finetune_config(task: ml_collections.ConfigDict, checkpoint: str | pathlib.Path
                          ) -> ml_collections.ConfigDict:
   """`finetune_config` with the model of a params checkpoint (its config.json)."""
-  return finetune_config(task, load_config_json(checkpoint))
+  return finetune_config(task, workdir_lib.load_config(checkpoint))
 
 
 class MultipleChoiceHead(nnx.Module):
@@ -128,7 +139,7 @@ class MultipleChoiceModel(nnx.Module):
 
 
 def multiple_choice_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> MultipleChoiceModel:
-  """The ModelFn of train/state.py for finetuning."""
+  """The ModelFn of finetuning."""
   return MultipleChoiceModel(config, rngs=rngs)
 
 
@@ -148,11 +159,14 @@ def multiple_choice_loss(logits: jax.Array, labels: jax.Array, weight: jax.Array
   return loss, {'loss': loss, 'accuracy': jnp.sum(weight * correct) / total}
 
 
-def mc_loss_fn(model: MultipleChoiceModel, batch: step_lib.Batch, rng: jax.Array,
-               config: ml_collections.ConfigDict, train: bool = True) -> tuple[jax.Array, step_lib.Metrics]:
-  """The LossFn of train/step.py for finetuning (dropout only when training)."""
+def mc_loss_fn(model: MultipleChoiceModel, batch: Batch, rng: jax.Array, config: ml_collections.ConfigDict,
+               train: bool = True) -> tuple[jax.Array, Metrics]:
+  """The LossFn of finetuning (dropout only when training)."""
   logits = model(batch['images'], batch['input_ids'], batch['head'], dropout_rng=rng if train else None)
   return multiple_choice_loss(logits, batch['label'], batch['weight'])
+
+
+MULTIPLE_CHOICE = Task('multiple_choice', multiple_choice_model, mc_loss_fn, MC_BATCH_SPEC)
 
 
 def pretrained_init(checkpoint: str | pathlib.Path, config: ml_collections.ConfigDict
@@ -163,7 +177,7 @@ def pretrained_init(checkpoint: str | pathlib.Path, config: ml_collections.Confi
 
   def init(params: state_lib.Params) -> state_lib.Params:
     body = nnx.merge(graphdef, params['merlot'])
-    restore_params(checkpoint, body)
+    workdir_lib.restore_params(checkpoint, body)
     return {**params, 'merlot': nnx.state(body, nnx.Param).to_pure_dict()}
 
   return init
@@ -178,9 +192,9 @@ def finetune(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, bat
   step, Orbax checkpoints and resume, metrics). `init_checkpoint`: params checkpoint for the body
   (None: random init, for tests of the plumbing only)."""
   init = None if init_checkpoint is None else pretrained_init(init_checkpoint, config)
-  return loop.train(config, workdir, batches_factory, eval_batches_factory=eval_batches_factory, progress=progress,
-                    devices=devices, model_fn=multiple_choice_model, loss_fn=mc_loss_fn, batch_ndims=MC_BATCH,
-                    init_params=init, config_override_ok=config_override_ok)
+  return loop.train(config, MULTIPLE_CHOICE.with_init(init), workdir, batches_factory,
+                    eval_batches_factory=eval_batches_factory, progress=progress, devices=devices,
+                    config_override_ok=config_override_ok)
 
 
 # --- evaluation ----------------------------------------------------------------------------------
@@ -201,19 +215,17 @@ class Prediction:
 def predict(config: ml_collections.ConfigDict, params: state_lib.Params,
             batches: Iterable[dict[str, np.ndarray]]) -> list[Prediction]:
   """Scores every real row (weight > 0) of `mc_data.mc_batches` output, without dropout."""
-  mesh = sharding.make_mesh(config.mesh)
-  graphdef, params_state = state_lib.abstract_params(config, config.train.seed, multiple_choice_model)
-  param_sh = sharding.param_shardings(params_state, mesh).to_pure_dict()
-  batch_sh = step_lib.batch_shardings(mesh, config, MC_BATCH)
+  setup = setup_lib.build(config, MULTIPLE_CHOICE)
 
   def forward(p, batch):
-    return state_lib.merge(graphdef, p)(batch['images'], batch['input_ids'], batch['head'])
+    return state_lib.merge(setup.graphdef, p)(batch['images'], batch['input_ids'], batch['head'])
 
-  jitted = jax.jit(forward, in_shardings=(param_sh, batch_sh), out_shardings=NamedSharding(mesh, PartitionSpec()))
+  jitted = jax.jit(forward, in_shardings=(setup.state_shardings.params, setup.batch_shardings),
+                   out_shardings=NamedSharding(setup.mesh, PartitionSpec()))
   out = []
   for local in batches:
-    with jax.set_mesh(mesh):
-      logits = np.asarray(jitted(params, step_lib.global_batch(local, batch_sh)))
+    with jax.set_mesh(setup.mesh):
+      logits = np.asarray(jitted(params, setup.global_batch(local)))
     for i in np.flatnonzero(local['weight'] > 0):
       out.append(Prediction(str(local['example_id'][i]), int(local['head'][i]), int(local['label'][i]), logits[i]))
   return out

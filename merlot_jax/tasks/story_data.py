@@ -2,7 +2,7 @@
 
 Two sources, both read without any download at run time:
 
-(a) The built-in synthetic held-out stories that `merlot_jax.data.synthetic.make_corpus` writes:
+(a) The built-in synthetic held-out stories that `merlot_jax.preprocess.synthetic.make_corpus` writes:
       CORPUS/stories/stories.json   [{"id": ..., "captions": [5 str], "frames": ["S/0.jpg", ...]}, ...]
       CORPUS/stories/S/K.jpg        the frame of caption K
     (`synthetic_stories` takes CORPUS or CORPUS/stories.)
@@ -43,7 +43,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from merlot_jax.data.pipeline import decode_frames
+from merlot_jax.data.frames import decode_frames
 from merlot_jax.data.tokenizer import PAD, START, Tokenizer
 
 STORY_LENGTH = 5  # the task: 5 image-caption pairs

@@ -2,7 +2,6 @@
 the corpus preprocessing; load_pretrained from params checkpoints and training workdirs."""
 
 import json
-import runpy
 import shutil
 
 import jax
@@ -13,17 +12,18 @@ import pytest
 import tensorflow as tf
 from flax import nnx
 
-from merlot_jax.data import synthetic
-from merlot_jax.data.pipeline import decode_frames
+from merlot_jax.data.frames import decode_frames
 from merlot_jax.data.tokenizer import START, load_tokenizer
-from merlot_jax.data.video import probe_duration
-from merlot_jax.data.video_segments import find_videos, process_video
+from merlot_jax.preprocess import synthetic
+from merlot_jax.preprocess.framed_segments import find_videos, process_video
+from merlot_jax.preprocess.video import probe_duration
 from merlot_jax.pretrained import load_pretrained
 from merlot_jax.tasks import features as fe
 from merlot_jax.tasks.story_ordering import load_story_model
 from merlot_jax.train.checkpoint import TrainCheckpointer
 from merlot_jax.train.state import TrainState
-from tests.models.testlib import REPO, pure_params
+from tests.models.testlib import pure_params
+from tests.script_runner import run_script
 from tests.tasks.tiny_run import corpus_and_checkpoint, tiny_config
 
 N, T = 4, 8  # configs/tiny.py: segments per example, tokens per segment
@@ -125,10 +125,9 @@ def test_script_writes_features_and_an_index_and_skips_unusable_videos(run, caps
   (videos / 'broken.mp4').write_bytes(b'not a video')
   shutil.copy(video.transcript, videos / 'broken.en.vtt')
   (videos / 'silent.mp4').write_bytes(b'no transcript beside it')
-  script = runpy.run_path(str(REPO / 'scripts' / 'extract_features.py'))
-  index = script['main'](['--checkpoint', str(tmp / 'ckpt'), '--tokenizer', str(run['spm']),
-                          '--videos', str(videos), '--out', str(tmp / 'out')])
-  assert json.loads((tmp / 'out' / 'index.json').read_text()) == index
+  assert run_script('extract_features.py', '--checkpoint', tmp / 'ckpt', '--tokenizer', run['spm'],
+                    '--videos', videos, '--out', tmp / 'out') == 0
+  index = json.loads((tmp / 'out' / 'index.json').read_text())
   assert index['skipped'] == {'unreadable_video': 1, 'missing_transcript': 1}
   assert [v['video'] for v in index['videos']] == ['ok/clip.mp4']
   assert 'features of 1 videos' in capsys.readouterr().out
@@ -156,13 +155,13 @@ def workdir(run):
   path.mkdir()
   (path / 'config.json').write_text(run['config'].to_json(indent=1))
   tx = optax.adamw(1e-3)
-  checkpointer = TrainCheckpointer(path / 'checkpoints', every=1, keep=3)
+  checkpointer = TrainCheckpointer(path / 'checkpoints', keep=3)
   saved = {}
   for step in (2, 5):
     params = jax.tree.map(lambda x, step=step: x + step, pure_params(run['model']))
     state = TrainState(step=jnp.int32(step), params=params, opt_state=tx.init(params),
                        rng=jax.random.PRNGKey(step))
-    checkpointer.save(step, state, data_position=step * 8, force=True)
+    checkpointer.save(step, state, data_position=step * 8)
     checkpointer.wait()
     saved[step] = params
   checkpointer.close()

@@ -2,7 +2,6 @@
 
 import io
 import itertools
-import json
 import pathlib
 import time
 
@@ -13,11 +12,14 @@ import pytest
 from PIL import Image
 
 from merlot_jax.config import load_config
-from merlot_jax.data.tokenizer import PAD, START
+from merlot_jax.data.tokenizer import PAD, START, train_sentencepiece
 from merlot_jax.models.merlot import build_model
 from merlot_jax.tasks import finetune as ft
 from merlot_jax.tasks import mc_data
-from merlot_jax.train.checkpoint import save_params
+from merlot_jax.workdir import load_config as load_workdir_config
+from merlot_jax.workdir import save_params
+from tests.script_runner import run_script
+from tests.tasks import release_fixtures as rf
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 COLOURS = {'red': (220, 30, 30), 'green': (30, 200, 40), 'blue': (30, 40, 220), 'yellow': (230, 220, 30)}
@@ -85,27 +87,26 @@ def test_multiple_choice_loss_matches_numpy():
 
 
 def write_tvqa(root: pathlib.Path) -> None:
-  (root / 'frames').mkdir(parents=True)
-  lines = []
+  """TVQA's layout (tests/tasks/release_fixtures.py): 2 clips of 3 frames (red, green, blue at 3 fps), a
+  question on each whose ts covers its clip, one subtitle cue inside."""
+  rows = []
   for n in range(2):
-    frames = []
-    for f in range(3):
-      (root / 'frames' / f'{n}_{f}.jpg').write_bytes(jpeg(list(COLOURS.values())[f]))
-      frames.append(f'frames/{n}_{f}.jpg')
-    lines.append({'id': f'clip{n}', 'frames': frames, 'subtitles': 'hi there a b c d e a b c',
-                  'question': 'what colour is it', 'answers': ['red', 'green', 'blue', 'yellow', 'a'], 'label': n})
-  (root / 'val.jsonl').write_text('\n'.join(json.dumps(x) for x in lines) + '\n')
+    vid = f's01e01_seg01_clip_0{n}'
+    rf.write_tvqa_frames(root, 'bbt', vid, [jpeg(c) for c in list(COLOURS.values())[:3]])
+    rf.write_tvqa_subtitles(root, vid, [(0.1, 0.9, 'hi there a b c d e a b c')])
+    rows.append(rf.tvqa_question(n, vid, 'The Big Bang Theory', '0-1', 'what colour is it',
+                                 ['red', 'green', 'blue', 'yellow', 'a'], n))
+  rf.write_tvqa_questions(root, 'val', rows)
 
 
 def write_vcr(root: pathlib.Path) -> None:
-  (root / 'images').mkdir(parents=True)
-  lines = []
+  """VCR's layout (tests/tasks/release_fixtures.py): 2 val annotations without object references."""
+  rows = []
   for n in range(2):
-    (root / 'images' / f'{n}.jpg').write_bytes(jpeg(COLOURS['red']))
-    lines.append({'id': f'val-{n}', 'image': f'images/{n}.jpg', 'question': 'why',
-                  'answers': ['a', 'b', 'c', 'd'], 'rationales': ['because a', 'because b', 'because c', 'e'],
-                  'answer_label': n, 'rationale_label': 3 - n})
-  (root / 'val.jsonl').write_text('\n'.join(json.dumps(x) for x in lines) + '\n')
+    rf.write_vcr_image(root, f'lsmdc_0001_Movie/{n}.jpg', jpeg(COLOURS['red']), rf.vcr_metadata([], [], [], (48, 64)))
+    rows.append(rf.vcr_annotation(f'val-{n}', f'lsmdc_0001_Movie/{n}.jpg', [], ['why'], [[w] for w in 'abcd'],
+                                  [['because', 'a'], ['because', 'b'], ['because', 'c'], ['e']], (n, 3 - n)))
+  rf.write_jsonl(root / 'val.jsonl', rows)
 
 
 def test_tfds_builders_and_model_inputs(tmp_path):
@@ -113,11 +114,12 @@ def test_tfds_builders_and_model_inputs(tmp_path):
   write_vcr(tmp_path / 'vcr')
   tfds_dir = str(tmp_path / 'tfds')
   # TFDS orders examples by a hash of their key: sort them back.
-  tvqa = sorted(mc_data.load_problems('tvqa', tmp_path / 'tvqa', 'val', data_dir=tfds_dir),
+  tvqa = sorted(mc_data.load_problems('tvqa/frames_3', tmp_path / 'tvqa', 'val', data_dir=tfds_dir),
                 key=lambda p: p.example_id)
-  assert [p.example_id for p in tvqa] == ['clip0', 'clip1']
+  assert [p.example_id for p in tvqa] == ['0', '1']
   assert [p.label for p in tvqa] == [0, 1] and len(tvqa[0].jpegs) == 3 and tvqa[0].options[4] == 'a'
-  assert tvqa[0].jpegs[2] == (tmp_path / 'tvqa' / 'frames' / '0_2.jpg').read_bytes()  # stored as they are
+  frame = tmp_path / 'tvqa' / 'frames_hq' / 'bbt_frames' / 's01e01_seg01_clip_00' / '00003.jpg'
+  assert tvqa[0].jpegs[2] == frame.read_bytes()  # stored as they are
   vcr = sorted(mc_data.load_problems('vcr', tmp_path / 'vcr', 'val', data_dir=tfds_dir),
                key=lambda p: (p.example_id, p.head))
   assert [(p.example_id, p.head, p.label) for p in vcr] == [('val-0', 0, 0), ('val-0', 1, 3), ('val-1', 0, 1),
@@ -211,3 +213,38 @@ def test_pretrained_init_loads_body_and_keeps_new_head(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, loaded['merlot'], expected)
   jax.tree.map(np.testing.assert_array_equal, loaded['head'], fresh['head'])
   np.testing.assert_allclose(loaded['head']['bias1'], [-np.log(3)], rtol=1e-6)
+
+
+def write_vcr_release(root: pathlib.Path) -> None:
+  """A VCR release in its unpacked layout (tests/tasks/release_fixtures.py): one image, 4 train and 2 val
+  questions."""
+  size, shot = (64, 96), 'lsmdc_0001_Movie/shot.jpg'
+  rf.write_vcr_image(root, shot, rf.jpeg(COLOURS['red'], size),
+                     rf.vcr_metadata([[5, 5, 40, 50, 0.9]], [[[[5, 5], [40, 5], [20, 50]]]], ['person'], size))
+  row = lambda annot_id, n: rf.vcr_annotation(
+      annot_id, shot, ['person'], ['Why', 'is', [0], 'here', '?'], [[[0], 'is', w, '.'] for w in 'abcd'],
+      [['because', w] for w in 'abcd'], (n % 4, (n + 1) % 4))
+  rf.write_jsonl(root / 'train.jsonl', [row(f'train-{n}', n) for n in range(4)])
+  rf.write_jsonl(root / 'val.jsonl', [row(f'val-{n}', n) for n in range(2)])
+
+
+@pytest.mark.slow
+def test_finetune_script_takes_config_overrides(tmp_path, capsys):
+  """scripts/finetune.py as its docstring shows, with --config.* overrides of the task config: 2 steps of the tiny
+  model on a VCR release (segments cut to 16 tokens), then the eval split's accuracies."""
+  write_vcr_release(tmp_path / 'vcr')
+  (tmp_path / 'text.txt').write_text('Why is person here? person is a b c d. because a b c d. answer question: '
+                                     'provide rationale:\n' * 5)
+  spm = train_sentencepiece([tmp_path / 'text.txt'], tmp_path / 'spm', 40, model_type='bpe')
+  tiny = load_config(REPO / 'configs' / 'tiny.py')
+  save_params(tmp_path / 'init', build_model(tiny, seed=3), tiny)
+  assert run_script('finetune.py', '--config', REPO / 'configs' / 'finetune_vcr.py', '--init', tmp_path / 'init',
+                    '--workdir', tmp_path / 'work', '--data_dir', tmp_path / 'vcr', '--tokenizer', spm,
+                    '--tfds_data_dir', tmp_path / 'tfds', '--no_progress', '--config.train.total_steps=2',
+                    '--config.train.global_batch_size=8', '--config.optim.warmup_steps=1',
+                    '--config.finetune.segment_length=16', '--config.finetune.image_size=(64, 96)') == 0
+  saved = load_workdir_config(tmp_path / 'work')
+  assert (saved.train.total_steps, saved.train.global_batch_size, saved.model.segment_length) == (2, 8, 16)
+  assert saved.model.image_size == (64, 96)  # --config.finetune.image_size, not VCR's 384 x 704
+  assert saved.model.hidden_size == tiny.model.hidden_size  # the checkpoint's model, not the task config's
+  assert capsys.readouterr().out.splitlines()[-1].startswith('vcr val: answer_accuracy ')

@@ -3,7 +3,6 @@ definitions, the 5-segment story config, and an end-to-end run of a tiny random 
 
 import itertools
 import math
-import runpy
 
 import jax
 import jax.numpy as jnp
@@ -12,12 +11,13 @@ import pytest
 from flax import nnx
 
 from merlot_jax.config import ConfigError, load_config
-from merlot_jax.data import synthetic
 from merlot_jax.data.tokenizer import load_tokenizer
 from merlot_jax.models.merlot import MerlotModel
+from merlot_jax.preprocess import synthetic
 from merlot_jax.tasks import story_data
 from merlot_jax.tasks import story_ordering as so
 from tests.models.testlib import REPO, pure_params
+from tests.script_runner import run_script
 from tests.tasks.tiny_run import corpus_and_checkpoint, tiny_config
 
 N = 5
@@ -195,10 +195,10 @@ def test_pair_log_probs_follow_the_images_not_their_slots(story_run):
 
 
 def test_script_prints_the_metrics_next_to_the_baseline(story_run, capsys):
-  script = runpy.run_path(str(REPO / 'scripts' / 'story_ordering.py'))
   tmp = story_run['tmp']
-  metrics = script['main'](['--checkpoint', str(tmp / 'ckpt'), '--data', f'synthetic:{tmp / "corpus"}',
-                            '--tokenizer', str(story_run['spm']), '--limit', '2', '--batch_size', '2'])
+  assert run_script('story_ordering.py', '--checkpoint', tmp / 'ckpt', '--data', f'synthetic:{tmp / "corpus"}',
+                    '--tokenizer', story_run['spm'], '--limit', 2, '--batch_size', 2) == 0
+  metrics = so.summarize(so.evaluate(story_run['model'], story_run['batches'], seed=0))  # the same 2 stories
   lines = capsys.readouterr().out.splitlines()
   assert lines[0] == f'story ordering: 2 stories from synthetic:{tmp / "corpus"}'
   assert lines[1].split() == ['metric', 'model', 'random']

@@ -9,10 +9,10 @@ import ml_collections
 from flax import nnx
 
 from merlot_jax.config import load_config
-from merlot_jax.data import synthetic
 from merlot_jax.data.tokenizer import train_sentencepiece
 from merlot_jax.models.merlot import MerlotModel
-from merlot_jax.train.checkpoint import save_params
+from merlot_jax.preprocess import synthetic
+from merlot_jax.workdir import save_params
 from tests.models.testlib import REPO, build_random
 
 
