@@ -17,6 +17,19 @@ class ConfigError(ValueError):
   """A config field holds a value the model or the trainer cannot use."""
 
 
+# The values of each enumerated field, defined once: `validate` checks them, the scripts' enum flags list
+# them, and the code that dispatches on a field asserts that it covers exactly these.
+CHOICES: dict[str, tuple[str, ...]] = {
+    'model.dtype': ('float32', 'bfloat16'),
+    'model.remat_policy': ('none', 'full', 'dots_saveable'),
+    # xla: the original's softmax math; fused: jax.nn.dot_product_attention; cudnn: its cuDNN kernel (GPU, bf16)
+    'model.attention_impl': ('xla', 'fused', 'cudnn'),
+    # original: the released code's behaviour; intended: what its comments describe (see the functions that read them)
+    'objectives.temporal_pair_weighting': ('original', 'intended'),
+    'data.augment_mode': ('original', 'intended'),
+}
+
+
 def default_config() -> ml_collections.ConfigDict:
   """The paper's MERLOT (model/configs/merlot.yaml of the original) with every field the code reads."""
   c = ml_collections.ConfigDict()
@@ -51,8 +64,8 @@ def default_config() -> ml_collections.ConfigDict:
   # Execution.
   m.dtype = 'float32'  # compute dtype; parameters are always float32
   m.scan_layers = True
-  m.remat_policy = 'none'  # none | full | dots_saveable
-  m.attention_impl = 'xla'  # xla (explicit softmax, returns probabilities) | fused (jax.nn.dot_product_attention)
+  m.remat_policy = 'none'  # see CHOICES
+  m.attention_impl = 'xla'  # see CHOICES
 
   c.objectives = o = ml_collections.ConfigDict()
   o.mask_rate = 0.2
@@ -176,28 +189,26 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _require(s.video_text_len <= m.max_positions, 'model.max_positions', m.max_positions,
            f'the language-only pass needs num_segments * segment_length = {s.video_text_len} positions')
   _require(m.segment_length >= 2, 'model.segment_length', m.segment_length, 'needs the start token and text')
-  _require(m.dtype in ('float32', 'bfloat16'), 'model.dtype', m.dtype, "must be 'float32' or 'bfloat16'")
-  _require(m.remat_policy in ('none', 'full', 'dots_saveable'), 'model.remat_policy', m.remat_policy,
-           "must be 'none', 'full' or 'dots_saveable'")
-  _require(m.attention_impl in ('xla', 'fused'), 'model.attention_impl', m.attention_impl,
-           "must be 'xla' or 'fused'")
+  for field, choices in CHOICES.items():
+    section, name = field.split('.')
+    _require(c[section][name] in choices, field, c[section][name], f'must be one of {", ".join(choices)}')
+  _require(m.attention_impl != 'cudnn' or m.dtype == 'bfloat16', 'model.attention_impl', m.attention_impl,
+           f"cuDNN flash attention takes bfloat16 inputs only: set model.dtype = 'bfloat16' (not {m.dtype!r})")
   o = c.objectives
   max_index = o.shuffled_index_offset + m.segments_per_group
   _require(max_index <= m.max_image_positions, 'objectives.shuffled_index_offset', o.shuffled_index_offset,
            f'shuffled frames use rows up to {max_index}, beyond max_image_positions = {m.max_image_positions}')
-  _require(o.temporal_pair_weighting in ('original', 'intended'), 'objectives.temporal_pair_weighting',
-           o.temporal_pair_weighting, "must be 'original' or 'intended'")
   _require(abs(sum(o.mask_span_probs) - 1) < 1e-6, 'objectives.mask_span_probs', o.mask_span_probs,
            'must sum to 1')
   _require(abs(sum(o.mask_replace_probs) - 1) < 1e-6, 'objectives.mask_replace_probs', o.mask_replace_probs,
            'must sum to 1')
   _require(0 < o.mask_rate < 1, 'objectives.mask_rate', o.mask_rate, 'must be in (0, 1)')
-  _require(c.data.augment_mode in ('original', 'intended'), 'data.augment_mode', c.data.augment_mode,
-           "must be 'original' or 'intended'")
   t = c.train
   _require(t.global_batch_size >= 1, 'train.global_batch_size', t.global_batch_size, 'must be positive')
   _require(t.max_consecutive_skips >= 1, 'train.max_consecutive_skips', t.max_consecutive_skips,
            'must be at least 1 (the number of non-finite steps in a row that stops the run)')
+  for field in ('log_every', 'checkpoint_every', 'keep_checkpoints'):
+    _require(t[field] >= 1, f'train.{field}', t[field], 'must be a positive integer')
   return c
 
 

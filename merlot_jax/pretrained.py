@@ -14,44 +14,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-import jax
 import ml_collections
-import orbax.checkpoint as ocp
 from flax import nnx
 
+from merlot_jax import workdir
 from merlot_jax.models.merlot import MerlotModel
-from merlot_jax.train.checkpoint import as_path, load_config_json, restore_params
+from merlot_jax.train.checkpoint import as_path
 
 ConfigFn = Callable[[ml_collections.ConfigDict], ml_collections.ConfigDict]
-
-
-def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
-  """The complete training checkpoints (steps, ascending) of a workdir's checkpoints/ folder."""
-  directory = as_path(workdir) / 'checkpoints'
-  if not directory.is_dir():
-    return []
-  options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-  with ocp.CheckpointManager(directory, options=options, item_names=('state', 'data')) as manager:
-    return sorted(manager.all_steps())
-
-
-def _restore_train_params(workdir: str | os.PathLike, model: MerlotModel, step: int | None) -> None:
-  """Reads only `params` of the TrainState saved at `step` (default: the latest) into `model`."""
-  steps = checkpoint_steps(workdir)
-  if not steps:
-    raise FileNotFoundError(f'{as_path(workdir) / "checkpoints"}: no complete training checkpoint in it')
-  step = steps[-1] if step is None else step
-  if step not in steps:
-    raise FileNotFoundError(f'{as_path(workdir) / "checkpoints"}: no checkpoint of step {step}; it has {steps}')
-  state = nnx.state(model, nnx.Param)
-  shape = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, 'sharding', None))
-  target = {'params': jax.tree.map(shape, state.to_pure_dict())}
-  args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                                partial_restore=True)
-  with ocp.PyTreeCheckpointer() as checkpointer:
-    restored = checkpointer.restore(as_path(workdir) / 'checkpoints' / str(step) / 'state', args=args)
-  nnx.replace_by_pure_dict(state, restored['params'])
-  nnx.update(model, state)
 
 
 def load_pretrained(path: str | os.PathLike, *, config_fn: ConfigFn | None = None,
@@ -63,8 +33,8 @@ def load_pretrained(path: str | os.PathLike, *, config_fn: ConfigFn | None = Non
   it must keep every parameter shape.
   """
   directory = as_path(path)
-  is_params, is_workdir = (directory / 'params').is_dir(), (directory / 'checkpoints').is_dir()
-  if not (directory / 'config.json').is_file() or not (is_params or is_workdir):
+  is_params, is_workdir = (directory / workdir.PARAMS_DIR).is_dir(), (directory / workdir.CHECKPOINTS_DIR).is_dir()
+  if not (directory / workdir.CONFIG_FILE).is_file() or not (is_params or is_workdir):
     contents = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else 'nothing (no such folder)'
     raise FileNotFoundError(
         f'{directory}: neither a params checkpoint (config.json + params/, from save_params or '
@@ -73,12 +43,12 @@ def load_pretrained(path: str | os.PathLike, *, config_fn: ConfigFn | None = Non
   if is_params and step is not None:
     raise ValueError(f'{directory} is a params checkpoint (one set of parameters): step={step} applies to '
                      'training workdirs only')
-  config = load_config_json(directory)
+  config = workdir.load_config(directory)
   if config_fn is not None:
     config = config_fn(config)
   model = nnx.eval_shape(lambda: MerlotModel(config.model, rngs=nnx.Rngs(params=0)))
   if is_params:
-    restore_params(directory, model)
+    workdir.restore_params(directory, model)
   else:
-    _restore_train_params(directory, model, step)
+    workdir.restore_train_params(directory, model, step)
   return model, config

@@ -1,22 +1,23 @@
 """Compares merlot_jax with the original TF MERLOT on a reference folder; exits non-zero on a mismatch.
 
-Prints, for every output key of the reference, the max absolute error and max |reference| (integer and
-boolean keys exactly); the last line is `max relative error: X` (worst key). Fails when X > --tolerance
-or a key is not produced.
+  python scripts/check_tf_parity.py ../shared/golden/tf_reference_A [--tolerance 1e-4]
+
+The folder holds config.json, variables.npz, inputs.npz and outputs.npz. Prints, for every output key of the
+reference, the max absolute error and max |reference| (integer and boolean keys exactly); the last line is
+`max relative error: X` (worst key). Fails when X > --tolerance or a key is not produced.
 """
 
-import argparse
-import sys
+from absl import app, flags
 
 from merlot_jax.convert import parity
 
+_TOLERANCE = flags.DEFINE_float('tolerance', 1e-4, 'largest accepted relative error')
 
-def main() -> int:
-  parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument('reference', help='folder with config.json, variables.npz, inputs.npz, outputs.npz')
-  parser.add_argument('--tolerance', type=float, default=1e-4)
-  args = parser.parse_args()
-  ref = parity.load_reference(args.reference)
+
+def main(argv: list[str]) -> int:
+  if len(argv) != 2:
+    raise app.UsageError(f'expected one reference folder, got {argv[1:]}')
+  ref = parity.load_reference(argv[1])
   model = parity.build_converted_model(ref)
   ours = parity.model_outputs(model, ref.config.objectives, ref.inputs, ref.outputs)
   results, missing = parity.compare(ours, ref.outputs)
@@ -33,8 +34,8 @@ def main() -> int:
   for p in problems:
     print(f'PROBLEM: {p}')
   print(f'max relative error: {worst.relative:.3e} ({worst.key})')
-  return 1 if problems or worst.relative > args.tolerance else 0
+  return 1 if problems or worst.relative > _TOLERANCE.value else 0
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  app.run(main)

@@ -6,30 +6,31 @@ CKPT_PREFIX is the tf.train.Saver prefix (e.g. /path/model.ckpt-460000). Optimis
 global_step are skipped; unknown or missing variables stop the conversion with their names listed.
 """
 
-import argparse
-
+from absl import app
 from flax import nnx
+from ml_collections import config_flags
 
-from merlot_jax.config import load_config
+from merlot_jax.config import validate
 from merlot_jax.convert.tf_checkpoint import convert_variables, read_tf_checkpoint
 from merlot_jax.models.merlot import MerlotModel
-from merlot_jax.train.checkpoint import save_params
+from merlot_jax.workdir import save_params
+
+_CONFIG = config_flags.DEFINE_config_file('config', 'configs/base.py', 'config whose model matches the checkpoint',
+                                          lock_config=False)
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('ckpt_prefix')
-  parser.add_argument('out_dir')
-  parser.add_argument('--config', default='configs/base.py', help='config whose model matches the checkpoint')
-  args = parser.parse_args()
-  config = load_config(args.config)
+def main(argv: list[str]) -> None:
+  if len(argv) != 3:
+    raise app.UsageError(f'expected CKPT_PREFIX OUT_DIR, got {argv[1:]}')
+  ckpt_prefix, out_dir = argv[1:]
+  config = validate(_CONFIG.value)
   config.model.dtype = 'float32'
-  variables = read_tf_checkpoint(args.ckpt_prefix)
+  variables = read_tf_checkpoint(ckpt_prefix)
   model = nnx.eval_shape(lambda: MerlotModel(config.model, rngs=nnx.Rngs(params=0)))
   convert_variables(variables, model)
-  save_params(args.out_dir, model, config)
-  print(f'converted {len(variables)} TF variables into {args.out_dir}')
+  save_params(out_dir, model, config)
+  print(f'converted {len(variables)} TF variables into {out_dir}')
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

@@ -1,20 +1,25 @@
-"""Prints the parameter count of a config's model (last line: the total), without allocating it."""
+"""Prints the parameter count of a config's model (last line: the total), without allocating it.
 
-import argparse
+  python scripts/count_params.py --config configs/base.py [--config.model.num_joint_layers=6]
+"""
 
 import jax
 import numpy as np
+from absl import app, flags
 from flax import nnx
+from ml_collections import config_flags
 
-from merlot_jax.config import load_config
+from merlot_jax.config import validate
 from merlot_jax.models.merlot import build_model
 
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'config file (configs/*.py)', lock_config=False)
+flags.mark_flags_as_required(['config'])
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument('config', help='a config file, e.g. configs/base.py')
-  args = parser.parse_args()
-  config = load_config(args.config)
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  config = validate(_CONFIG.value)
   state = nnx.state(nnx.eval_shape(lambda: build_model(config)), nnx.Param)
   leaves = jax.tree_util.tree_leaves_with_path(state)
   by_top: dict[str, int] = {}
@@ -28,4 +33,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

@@ -8,38 +8,35 @@ cannot be used are skipped and counted by reason in index.json. merlot_jax/tasks
 and the fields of each .npz.
 """
 
-import argparse
-import pathlib
-import sys
+from absl import app, flags
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from merlot_jax.data.tokenizer import check_vocab, load_tokenizer
+from merlot_jax.pretrained import load_pretrained
+from merlot_jax.tasks.features import extract_directory
 
-from merlot_jax.data.tokenizer import load_tokenizer  # noqa: E402
-from merlot_jax.pretrained import load_pretrained  # noqa: E402
-from merlot_jax.tasks.features import extract_directory  # noqa: E402
+_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'params checkpoint or training workdir')
+_TOKENIZER = flags.DEFINE_string('tokenizer', None,
+                                 'the checkpoint\'s tokenizer: SentencePiece .model, or a GPT-2 BPE directory')
+_VIDEOS = flags.DEFINE_string('videos', None, 'folder searched recursively for videos')
+_OUT = flags.DEFINE_string('out', None, 'folder for the .npz files and index.json')
+_STEP = flags.DEFINE_integer('step', None, 'training checkpoint step (default: the latest)')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 1, 'chunks of num_segments segments per forward')
+flags.mark_flags_as_required(['checkpoint', 'tokenizer', 'videos', 'out'])
 
 
-def main(argv: list[str] | None = None) -> dict:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--checkpoint', required=True, help='params checkpoint or training workdir')
-  parser.add_argument('--tokenizer', required=True,
-                      help='the checkpoint\'s tokenizer: SentencePiece .model, or a GPT-2 BPE directory')
-  parser.add_argument('--videos', required=True, help='folder searched recursively for videos')
-  parser.add_argument('--out', required=True, help='folder for the .npz files and index.json')
-  parser.add_argument('--step', type=int, default=None, help='training checkpoint step (default: the latest)')
-  parser.add_argument('--batch_size', type=int, default=1, help='chunks of num_segments segments per forward')
-  args = parser.parse_args(argv)
-
-  model, config = load_pretrained(args.checkpoint, step=args.step)
-  tokenizer = load_tokenizer(args.tokenizer)
-  index = extract_directory(model, config, tokenizer, args.videos, args.out, batch_size=args.batch_size,
-                            info={'checkpoint': args.checkpoint, 'tokenizer': tokenizer.name})
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  model, config = load_pretrained(_CHECKPOINT.value, step=_STEP.value)
+  tokenizer = load_tokenizer(_TOKENIZER.value)
+  check_vocab(tokenizer, config)
+  index = extract_directory(model, config, tokenizer, _VIDEOS.value, _OUT.value, batch_size=_BATCH_SIZE.value,
+                            info={'checkpoint': _CHECKPOINT.value, 'tokenizer': tokenizer.name})
   skipped = ', '.join(f'{n} {reason}' for reason, n in sorted(index['skipped'].items())) or 'none'
-  print(f'features of {len(index["videos"])} videos in {args.out}; skipped: {skipped}')
+  print(f'features of {len(index["videos"])} videos in {_OUT.value}; skipped: {skipped}')
   for s in index['skipped_videos']:
     print(f'  skipped {s["video"]}: {s["detail"]}')
-  return index
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

@@ -4,19 +4,15 @@
       --config.train.total_steps=20
 """
 
-import pathlib
-import sys
+import jax
+from absl import app, flags
+from ml_collections import config_flags
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-import jax  # noqa: E402
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from merlot_jax.config import validate  # noqa: E402
-from merlot_jax.data.pipeline import make_dataset  # noqa: E402
-from merlot_jax.train import logs, loop  # noqa: E402
-from merlot_jax.train.checkpoint import as_path  # noqa: E402
+from merlot_jax.config import validate
+from merlot_jax.data.pipeline import make_dataset
+from merlot_jax.pretraining.task import PRETRAINING
+from merlot_jax.train import logs, loop
+from merlot_jax.train.checkpoint import as_path
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'config file (configs/*.py)', lock_config=False)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'checkpoints, TensorBoard events and config.json go here')
@@ -33,8 +29,9 @@ _OVERRIDE = flags.DEFINE_bool('config_override_ok', False, 'resume even if the c
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def main(argv) -> None:
-  del argv
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   if any(v is not None for v in explicit):
     if None in explicit or _DISTRIBUTED.value:
@@ -58,7 +55,7 @@ def main(argv) -> None:
     evaluate = lambda: make_dataset(config, d.eval_pattern, train=False, seed=d.seed, shuffle_frames=True)
   peak = None if _PEAK.value is None else _PEAK.value * 1e12
   with logs.library_info_to_file(workdir / 'log.txt' if jax.process_index() == 0 else None):
-    loop.train(config, workdir, train, eval_batches_factory=evaluate, peak_flops_per_device=peak,
+    loop.train(config, PRETRAINING, workdir, train, eval_batches_factory=evaluate, peak_flops_per_device=peak,
                config_override_ok=_OVERRIDE.value)
 
 

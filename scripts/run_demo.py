@@ -9,20 +9,19 @@
 
 import logging
 import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from absl import app, flags
+from ml_collections import config_flags
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from merlot_jax.config import validate  # noqa: E402
-from merlot_jax.data import corpus, synthetic  # noqa: E402
-from merlot_jax.data.pipeline import make_dataset  # noqa: E402
-from merlot_jax.data.tokenizer import load_tokenizer, train_sentencepiece  # noqa: E402
-from merlot_jax.tasks import story_data  # noqa: E402
-from merlot_jax.tasks import story_ordering as so  # noqa: E402
-from merlot_jax.train import logs, loop, report  # noqa: E402
+from merlot_jax.config import validate
+from merlot_jax.data.pipeline import make_dataset
+from merlot_jax.data.tokenizer import load_tokenizer, train_sentencepiece
+from merlot_jax.preprocess import corpus, synthetic
+from merlot_jax.pretraining import report
+from merlot_jax.pretraining.task import PRETRAINING
+from merlot_jax.tasks import story_data
+from merlot_jax.tasks import story_ordering as so
+from merlot_jax.train import logs, loop, setup
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/demo.py', 'config file', lock_config=False)
 _WORKDIR = flags.DEFINE_string('workdir', 'workdir/demo', 'everything the run makes goes here')
@@ -60,8 +59,9 @@ def order_stories(root: pathlib.Path) -> dict[str, dict[str, float]]:
   return {'stories': len(predictions), 'model': so.summarize(predictions), 'random': so.random_baseline()}
 
 
-def main(argv) -> None:
-  del argv
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   root = pathlib.Path(_WORKDIR.value)
   with logs.library_info_to_file(root / 'log.txt'):
     run(root, _CONFIG.value)
@@ -76,12 +76,12 @@ def run(root: pathlib.Path, config) -> None:
   d = config.data
   heldout = lambda: make_dataset(config, d.eval_pattern, train=False, seed=d.seed, shuffle_frames=True)
   state = loop.train(
-      config, root / 'run',
+      config, PRETRAINING, root / 'run',
       lambda start, position: make_dataset(config, d.train_pattern, train=True, seed=d.seed, start_step=start,
                                            start_position=position),
       eval_batches_factory=heldout)
   scalars = report.read_scalars(root / 'run' / 'train')  # training and periodic eval/ scalars
-  results = loop.evaluate_state(config, state, heldout())
+  results = loop.evaluate(setup.build(config, PRETRAINING), state, heldout())
   chance = report.chance_levels(heldout(), config)
   report.plot_curves(scalars, root / 'curves.png')
   print(report.write_summary(root, scalars, results, chance, order_stories(root)))

@@ -1,21 +1,26 @@
-"""Trains the project's SentencePiece tokenizer on text files (one sentence per line)."""
+"""Trains the project's SentencePiece tokenizer on text files (one sentence per line).
 
-import argparse
+  python scripts/train_tokenizer.py --input a.txt --input b.txt --out spm --vocab_size 32000
+"""
+
+from absl import app, flags
 
 from merlot_jax.data.tokenizer import train_sentencepiece
 
+_INPUT = flags.DEFINE_multi_string('input', None, 'a training text file (repeat the flag for more)')
+_OUT = flags.DEFINE_string('out', None, 'PREFIX: writes PREFIX.model and PREFIX.vocab')
+_VOCAB_SIZE = flags.DEFINE_integer('vocab_size', None,
+                                   'SentencePiece pieces (a soft limit); the id space is 100 larger')
+_MODEL_TYPE = flags.DEFINE_enum('model_type', 'unigram', ['unigram', 'bpe', 'word', 'char'],
+                                'bpe keeps whole words on small corpora where unigram falls back to letters')
+flags.mark_flags_as_required(['input', 'out', 'vocab_size'])
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument('--input', nargs='+', required=True, metavar='FILE', help='training text files')
-  parser.add_argument('--out', required=True, metavar='PREFIX', help='writes PREFIX.model and PREFIX.vocab')
-  parser.add_argument('--vocab_size', type=int, required=True,
-                      help='SentencePiece pieces (a soft limit); the id space is 100 larger')
-  parser.add_argument('--model_type', default='unigram', choices=['unigram', 'bpe', 'word', 'char'],
-                      help='bpe keeps whole words on small corpora where unigram falls back to letters')
-  args = parser.parse_args()
-  print(train_sentencepiece(args.input, args.out, args.vocab_size, model_type=args.model_type))
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]} (one --input per file)')
+  print(train_sentencepiece(_INPUT.value, _OUT.value, _VOCAB_SIZE.value, model_type=_MODEL_TYPE.value))
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

@@ -51,6 +51,7 @@ IMPOSSIBLE = [
     ('model.dtype', {'model.dtype': 'bf16'}),
     ('model.remat_policy', {'model.remat_policy': 'everything'}),
     ('model.attention_impl', {'model.attention_impl': 'flash'}),
+    ('model.attention_impl', {'model.attention_impl': 'cudnn'}),  # with model.dtype = 'float32'
     ('objectives.shuffled_index_offset', {'model.max_image_positions': 17}),  # rows 16, 17 needed: 18 > 17
     ('objectives.shuffled_index_offset', {'objectives.shuffled_index_offset': 1023}),
     ('objectives.temporal_pair_weighting', {'objectives.temporal_pair_weighting': 'both'}),
@@ -96,6 +97,15 @@ def test_zero_divisor_fields_raise_config_error_not_zero_division(field, value):
   _set(c, field, value)
   with pytest.raises(ConfigError, match=re.escape(f'config.{field} ')):
     validate(c)
+
+
+def test_cudnn_attention_needs_bfloat16():
+  c = _tiny()
+  c.model.attention_impl = 'cudnn'
+  with pytest.raises(ConfigError, match=r"set model.dtype = 'bfloat16' \(not 'float32'\)"):
+    validate(c)
+  c.model.dtype = 'bfloat16'
+  assert validate(c) is c
 
 
 def test_valid_configs_pass_unchanged():

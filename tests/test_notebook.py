@@ -6,11 +6,11 @@ from flax import nnx
 from nbclient import NotebookClient
 
 from merlot_jax.config import load_config
-from merlot_jax.data import synthetic
 from merlot_jax.data.tokenizer import train_sentencepiece
-from merlot_jax.data.video_segments import find_videos
 from merlot_jax.models.merlot import MerlotModel
-from merlot_jax.train.checkpoint import save_params
+from merlot_jax.preprocess import synthetic
+from merlot_jax.preprocess.framed_segments import find_videos
+from merlot_jax.workdir import save_params
 from tests.models.testlib import REPO, build_random
 
 NOTEBOOK = REPO / 'notebooks' / 'quickstart.ipynb'

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from merlot_jax import objectives
 from merlot_jax.config import default_config
 from merlot_jax.models.heads import pairwise_concat
 from merlot_jax.models.merlot import segment_first_tokens
+from merlot_jax.pretraining import objectives
 
 RTOL = 1e-5
 F32 = np.float32

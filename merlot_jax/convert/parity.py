@@ -18,10 +18,10 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from merlot_jax import objectives
 from merlot_jax.config import default_config, validate
 from merlot_jax.convert.tf_checkpoint import convert_variables
 from merlot_jax.models.merlot import MerlotModel, segment_first_tokens
+from merlot_jax.pretraining import objectives
 
 # Original config key -> merlot_jax model field.
 MODEL_KEYS = {

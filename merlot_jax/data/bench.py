@@ -27,8 +27,8 @@ from merlot_jax.data.record_format import make_example, write_tfrecord
 from merlot_jax.train.aot import parse_topology
 from merlot_jax.train.metrics import model_flops_per_example
 
-# The original's training resize methods, in the order of pipeline.random_geometry's method index (one of
-# the 4 with probability 1/4 each, align_corners=True); pipeline.py crops the nearest-neighbour resize by
+# The original's training resize methods, in the order of frames.random_geometry's method index (one of
+# the 4 with probability 1/4 each, align_corners=True); frames.py crops the nearest-neighbour resize by
 # gathers, the baseline runs the whole TF kernel.
 RESIZE_METHODS = ('bilinear', 'nearest', 'bicubic', 'area')
 _RESIZE_OPS = (tf.raw_ops.ResizeBilinear, tf.raw_ops.ResizeNearestNeighbor, tf.raw_ops.ResizeBicubic,

@@ -1,4 +1,4 @@
-"""Random pretraining batches with the pipeline's keys, shapes and structure (no corpus, no tf.data).
+"""Random pretraining batches of the task's batch spec, with the pipeline's structure (no corpus, no tf.data).
 
 For benchmarks, ahead-of-time compiles and tests: START at each segment start, a 0-padded tail, two
 videos per example, and image_index 0..n-1 per group with every other group shuffled (offset + a
@@ -12,14 +12,15 @@ from collections.abc import Iterator
 import ml_collections
 import numpy as np
 
+from merlot_jax.data import batch_spec
 from merlot_jax.data.tokenizer import NUM_SPECIAL, START
+from merlot_jax.pretraining.task import BATCH_SPEC
 
 
 def random_batch(config: ml_collections.ConfigDict, batch_size: int, seed: int) -> dict[str, np.ndarray]:
   m, o = config.model, config.objectives
   rng = np.random.default_rng(seed)
   n_seg, t, n = m.num_segments, m.segment_length, m.segments_per_group
-  h, w = m.image_size
   ids = rng.integers(NUM_SPECIAL, m.vocab_size, (batch_size, n_seg, t), dtype=np.int32)
   ids[:, :, 0] = START
   lengths = rng.integers(2, t + 1, (batch_size, n_seg))
@@ -27,9 +28,11 @@ def random_batch(config: ml_collections.ConfigDict, batch_size: int, seed: int) 
   video = (np.arange(n_seg) >= n_seg // 2).astype(np.int32)
   index = np.tile(np.arange(n, dtype=np.int32), (batch_size, n_seg // n, 1))
   index[:, 1::2] = o.shuffled_index_offset + rng.permuted(index[:, 1::2], axis=-1)
-  return {'images': rng.integers(0, 256, (batch_size, n_seg, h, w, 3), dtype=np.uint8),
-          'input_ids': ids, 'video_src_ids': np.tile(video, (batch_size, 1)),
-          'image_index': index.reshape(batch_size, n_seg)}
+  images_shape, images_dtype = batch_spec.shapes(BATCH_SPEC, config, batch_size)['images']
+  batch = {'images': rng.integers(0, 256, images_shape, dtype=images_dtype), 'input_ids': ids,
+           'video_src_ids': np.tile(video, (batch_size, 1)), 'image_index': index.reshape(batch_size, n_seg)}
+  batch_spec.check(BATCH_SPEC, batch, config, batch_size, 'random_batch')
+  return batch
 
 
 def random_batches(config: ml_collections.ConfigDict, batch_size: int, *, start_step: int = 0,

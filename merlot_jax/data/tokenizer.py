@@ -10,6 +10,7 @@ import pathlib
 from collections.abc import Sequence
 from typing import Protocol
 
+import ml_collections
 import sentencepiece as spm
 import tokenizers
 
@@ -103,6 +104,14 @@ def load_tokenizer(path: str | pathlib.Path) -> Tokenizer:
     return Gpt2BpeTokenizer(path / 'encoder.json', path / 'vocab.bpe')
   raise ValueError(f'{path}: not a tokenizer; expected a SentencePiece .model file or a directory '
                    'holding encoder.json and vocab.bpe (GPT-2 BPE)')
+
+
+def check_vocab(tokenizer: Tokenizer, config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError unless every id of `tokenizer` has an embedding row (config.model.vocab_size)."""
+  if tokenizer.vocab_size > config.model.vocab_size:
+    raise ValueError(f'tokenizer {tokenizer.name} has {tokenizer.vocab_size} ids but config.model.vocab_size is '
+                     f'{config.model.vocab_size}: use the tokenizer the model was trained with (or a model with '
+                     f'model.vocab_size >= {tokenizer.vocab_size})')
 
 
 def train_sentencepiece(text_files: Sequence[str | pathlib.Path], model_prefix: str | pathlib.Path,

@@ -15,12 +15,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from merlot_jax import sharding
+from merlot_jax.config import CHOICES
 from merlot_jax.models.layers import Attention, LayerNorm, Mlp, dropout
 
 REMAT_POLICIES = {
     'full': None,  # recompute everything in the backward pass
     'dots_saveable': jax.checkpoint_policies.dots_saveable,  # keep matmul outputs, recompute the rest
 }
+assert {'none', *REMAT_POLICIES} == set(CHOICES['model.remat_policy'])  # 'none': no jax.checkpoint
 
 
 @dataclasses.dataclass(frozen=True)

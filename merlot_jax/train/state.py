@@ -19,16 +19,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from merlot_jax import sharding
-from merlot_jax.models.merlot import MerlotModel
-
-Params = dict[str, Any]
-# (config, rngs) -> the module to train; tasks pass their own (e.g. a pretrained body plus a new head).
-ModelFn = Callable[[ml_collections.ConfigDict, nnx.Rngs], nnx.Module]
-
-
-def merlot_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> MerlotModel:
-  """The default ModelFn: pretraining's MerlotModel."""
-  return MerlotModel(config.model, rngs=rngs)
+from merlot_jax.train.task import ModelFn, Params
 
 
 @flax.struct.dataclass
@@ -39,7 +30,7 @@ class TrainState:
   rng: jax.Array  # uint32 [2] raw key; step k uses fold_in(rng, k)
 
 
-def abstract_params(config: ml_collections.ConfigDict, seed: int = 0, model_fn: ModelFn = merlot_model
+def abstract_params(config: ml_collections.ConfigDict, seed: int, model_fn: ModelFn
                     ) -> tuple[nnx.GraphDef, nnx.State]:
   """The model's graphdef and its parameter state as shapes only (no memory, no compute)."""
   model = nnx.eval_shape(lambda: model_fn(config, nnx.Rngs(params=seed)))
@@ -69,7 +60,7 @@ def _opt_state_shardings(abstract_opt_state: Any, param_sh: Params, mesh: Mesh) 
 
 
 def state_shardings(config: ml_collections.ConfigDict, mesh: Mesh, tx: optax.GradientTransformation,
-                    model_fn: ModelFn = merlot_model) -> tuple[nnx.GraphDef, TrainState, TrainState]:
+                    model_fn: ModelFn) -> tuple[nnx.GraphDef, TrainState, TrainState]:
   """(graphdef, abstract TrainState, TrainState of NamedShardings) for `config` on `mesh`."""
   graphdef, params_state = abstract_params(config, config.train.seed, model_fn)
   param_sh = sharding.param_shardings(params_state, mesh).to_pure_dict()
@@ -83,17 +74,14 @@ def state_shardings(config: ml_collections.ConfigDict, mesh: Mesh, tx: optax.Gra
   return graphdef, abstract, shardings
 
 
-def create_train_state(config: ml_collections.ConfigDict, mesh: Mesh, tx: optax.GradientTransformation,
-                       model_fn: ModelFn = merlot_model,
-                       init_params: Callable[[Params], Params] | None = None
-                       ) -> tuple[nnx.GraphDef, TrainState, TrainState]:
-  """Initialises parameters and optimizer state directly in their shardings (no host copy).
+def init_state(config: ml_collections.ConfigDict, mesh: Mesh, tx: optax.GradientTransformation, model_fn: ModelFn,
+               shardings: TrainState, init_params: Callable[[Params], Params] | None = None) -> TrainState:
+  """Initialises parameters and optimizer state directly in `shardings` (no host copy).
 
-  Returns (graphdef, state, shardings). Parameters come from seed config.train.seed, the step RNG
-  from the same seed folded with 1. `init_params(params)`, if given, replaces the fresh (sharded)
-  parameters before the optimizer state is made, e.g. with pretrained ones loaded into the same shardings.
+  Parameters come from seed config.train.seed, the step RNG from the same seed folded with 1.
+  `init_params(params)`, if given, replaces the fresh (sharded) parameters before the optimizer state is
+  made, e.g. with pretrained ones loaded into the same shardings.
   """
-  graphdef, _, shardings = state_shardings(config, mesh, tx, model_fn)
   seed = config.train.seed
 
   def init_model() -> Params:
@@ -107,8 +95,7 @@ def create_train_state(config: ml_collections.ConfigDict, mesh: Mesh, tx: optax.
     params = jax.jit(init_model, out_shardings=shardings.params)()
     if init_params is not None:
       params = init_params(params)
-    state = jax.jit(init, in_shardings=(shardings.params,), out_shardings=shardings, donate_argnums=0)(params)
-  return graphdef, state, shardings
+    return jax.jit(init, in_shardings=(shardings.params,), out_shardings=shardings, donate_argnums=0)(params)
 
 
 def merge(graphdef: nnx.GraphDef, params: Params) -> nnx.Module:

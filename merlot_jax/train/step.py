@@ -1,37 +1,21 @@
-"""Pure, jitted train and eval steps with explicit shardings, and host batches -> global arrays."""
+"""The pure train and eval steps (train/setup.py jits them with their shardings), and host batches -> global
+arrays."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding
 
-from merlot_jax import sharding
-from merlot_jax.train.loss import pretraining_loss
 from merlot_jax.train.optim import learning_rate_schedule
 from merlot_jax.train.state import TrainState, merge
-
-# The pretraining batch: key -> rank. Tasks pass their own as `batch_ndims`.
-PRETRAINING_BATCH = {'images': 5, 'input_ids': 3, 'video_src_ids': 2, 'image_index': 2}
-BATCH_KEYS = tuple(PRETRAINING_BATCH)
-Batch = dict[str, jax.Array]
-Metrics = dict[str, jax.Array]
-# (model, batch, rng, config, train) -> (scalar loss, metrics); `pretraining_loss` is the default.
-LossFn = Callable[[nnx.Module, Batch, jax.Array, ml_collections.ConfigDict, bool], tuple[jax.Array, Metrics]]
-
-
-def batch_shardings(mesh: Mesh, config: ml_collections.ConfigDict,
-                    batch_ndims: Mapping[str, int] | None = None) -> dict[str, NamedSharding]:
-  """Each batch key's sharding (leading axis over ('data', 'fsdp')); pretraining's keys by default."""
-  ndims = PRETRAINING_BATCH if batch_ndims is None else batch_ndims
-  return {k: sharding.batch_sharding(mesh, n) for k, n in ndims.items()}
+from merlot_jax.train.task import Batch, LossFn, Metrics
 
 
 def global_batch(local: Mapping[str, np.ndarray], shardings: Mapping[str, NamedSharding]) -> Batch:
@@ -47,19 +31,15 @@ def _l2_norm(tree) -> jax.Array:
   return optax.global_norm(jax.tree.map(lambda x: x.astype(jnp.float32), tree))
 
 
-def jit_train_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-                   mesh: Mesh, state_shardings: TrainState, *, loss_fn: LossFn | None = None,
-                   batch_ndims: Mapping[str, int] | None = None) -> jax.stages.Wrapped:
-  """The jitted train step itself (for `.lower(...)` on abstract inputs, e.g. ahead-of-time compiles);
-  call or lower it inside `jax.set_mesh(mesh)`. `make_train_step` wraps it for training.
+def train_step_fn(config: ml_collections.ConfigDict, loss_fn: LossFn, graphdef: nnx.GraphDef,
+                  tx: optax.GradientTransformation) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+  """The pure train step (train/setup.py jits it with the state's and the batch's shardings).
 
-  Metrics: the loss terms of `loss_fn` (`pretraining_loss` by default) plus grad_norm, param_norm,
-  learning_rate (the rate this step used) and the non-finite guard's: a step whose loss, gradients or
-  updates hold a NaN or inf leaves params and optimizer state as they were (the step counter still
-  advances, as does the data) and reports `skipped` = 1 with which of the three was non-finite
-  (`nonfinite/loss`, `nonfinite/grads`, `nonfinite/updates`).
+  Metrics: the loss terms of `loss_fn` plus grad_norm, param_norm, learning_rate (the rate this step used)
+  and the non-finite guard's: a step whose loss, gradients or updates hold a NaN or inf leaves params and
+  optimizer state as they were (the step counter still advances, as does the data) and reports `skipped` = 1
+  with which of the three was non-finite (`nonfinite/loss`, `nonfinite/grads`, `nonfinite/updates`).
   """
-  loss_fn = pretraining_loss if loss_fn is None else loss_fn  # looked up per call (tests patch it)
   schedule = learning_rate_schedule(config.optim.learning_rate, config.optim.warmup_steps,
                                     config.train.total_steps)
 
@@ -83,46 +63,17 @@ def jit_train_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, tx
                **{f'nonfinite/{k}': v.astype(jnp.float32) for k, v in nonfinite.items()}}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  replicated = NamedSharding(mesh, PartitionSpec())
-  return jax.jit(train_step, in_shardings=(state_shardings, batch_shardings(mesh, config, batch_ndims)),
-                 out_shardings=(state_shardings, replicated), donate_argnums=0)
+  return train_step
 
 
-def make_train_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-                    mesh: Mesh, state_shardings: TrainState, *, loss_fn: LossFn | None = None,
-                    batch_ndims: Mapping[str, int] | None = None
-                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-  """train_step(state, batch) -> (state, metrics); the input state is donated. Metrics as in
-  `jit_train_step`."""
-  jitted = jit_train_step(config, graphdef, tx, mesh, state_shardings, loss_fn=loss_fn, batch_ndims=batch_ndims)
-
-  def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-    chex.assert_rank(batch['images'], 5)
-    with jax.set_mesh(mesh):
-      return jitted(state, batch)
-
-  return step
-
-
-def make_eval_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, mesh: Mesh,
-                   state_shardings: TrainState, *, loss_fn: LossFn | None = None,
-                   batch_ndims: Mapping[str, int] | None = None) -> Callable[[TrainState, Batch], Metrics]:
-  """eval_step(state, batch) -> metrics of `loss_fn` without dropout; the masking RNG is
-  fixed (folded from the state's rng with -1), so the same batch always gives the same numbers."""
-
-  loss_fn = pretraining_loss if loss_fn is None else loss_fn
+def eval_step_fn(config: ml_collections.ConfigDict, loss_fn: LossFn, graphdef: nnx.GraphDef
+                 ) -> Callable[[TrainState, Batch], Metrics]:
+  """The pure eval step: metrics of `loss_fn` without dropout; the masking RNG is fixed (folded from the
+  state's rng with 2^31 - 1, a stream no train step uses), so the same batch always gives the same numbers."""
 
   def eval_step(state: TrainState, batch: Batch) -> Metrics:
-    rng = jax.random.fold_in(state.rng, 2**31 - 1)  # a stream no train step uses (steps < 2^31 - 1)
+    rng = jax.random.fold_in(state.rng, 2**31 - 1)
     _, metrics = loss_fn(merge(graphdef, state.params), batch, rng, config, train=False)
     return metrics
 
-  replicated = NamedSharding(mesh, PartitionSpec())
-  jitted = jax.jit(eval_step, in_shardings=(state_shardings, batch_shardings(mesh, config, batch_ndims)),
-                   out_shardings=replicated)
-
-  def step(state: TrainState, batch: Batch) -> Metrics:
-    with jax.set_mesh(mesh):
-      return jitted(state, batch)
-
-  return step
+  return eval_step

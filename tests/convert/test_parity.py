@@ -4,7 +4,6 @@ translation, TF names, shapes, exit codes) on a second, differently shaped refer
 import json
 import os
 import re
-import runpy
 import subprocess
 import sys
 
@@ -16,6 +15,7 @@ from merlot_jax.convert import parity
 from merlot_jax.models.merlot import MerlotModel
 from tests.convert import tf_layout
 from tests.models.testlib import REPO, fill_module
+from tests.script_runner import run_script
 
 SCRIPT = REPO / 'scripts' / 'check_tf_parity.py'
 LAST_LINE = re.compile(r'^max relative error: ([0-9.eE+-]+|nan|inf)\b')
@@ -102,13 +102,10 @@ def other_reference(tmp_path_factory):
   return folder, outputs
 
 
-def _run_in_process(folder, capsys, monkeypatch, *extra):
+def _run_in_process(folder, capsys, *extra):
   """Runs the script as __main__ in this process (compiled ops are shared between runs)."""
-  monkeypatch.setattr(sys, 'argv', [str(SCRIPT), str(folder), *extra])
-  with pytest.raises(SystemExit) as e:
-    runpy.run_path(str(SCRIPT), run_name='__main__')
-  out = capsys.readouterr().out
-  return e.value.code, out
+  code = run_script(SCRIPT.name, folder, *extra)
+  return code, capsys.readouterr().out
 
 
 def _rewrite(src, dst, **changes):
@@ -155,9 +152,9 @@ def test_config_translation_rejects_unsupported_settings():
     parity.config_from_reference({k: v for k, v in OTHER_CONFIG.items() if k != 'num_hidden_layers'})
 
 
-def test_script_passes_on_the_other_reference(other_reference, capsys, monkeypatch):
+def test_script_passes_on_the_other_reference(other_reference, capsys):
   folder, outputs = other_reference
-  code, out = _run_in_process(folder, capsys, monkeypatch)
+  code, out = _run_in_process(folder, capsys)
   lines = out.strip().splitlines()
   match = LAST_LINE.match(lines[-1])
   assert match, lines[-1]
@@ -168,32 +165,31 @@ def test_script_passes_on_the_other_reference(other_reference, capsys, monkeypat
     assert re.search(rf'^{re.escape(key)}\s', out, re.M), key
 
 
-def test_script_fails_when_one_output_is_off_by_1e2(other_reference, capsys, monkeypatch, tmp_path):
+def test_script_fails_when_one_output_is_off_by_1e2(other_reference, capsys, tmp_path):
   folder, outputs = other_reference
   hidden = outputs['encoder_hidden_lang'].copy()
   hidden[1, 3, 5] += 1e-2
   bad = _rewrite(folder, tmp_path / 'perturbed', encoder_hidden_lang=hidden)
-  code, out = _run_in_process(bad, capsys, monkeypatch)
+  code, out = _run_in_process(bad, capsys)
   assert code == 1, out[-3000:]
   match = LAST_LINE.match(out.strip().splitlines()[-1])
   assert match and float(match.group(1)) > 1e-4
   assert 'encoder_hidden_lang' in out.strip().splitlines()[-1]
   # A looser tolerance accepts it.
-  code, _ = _run_in_process(bad, capsys, monkeypatch, '--tolerance', '1e-2')
+  code, _ = _run_in_process(bad, capsys, '--tolerance', '1e-2')
   assert code == 0
 
 
-def test_script_fails_on_a_key_it_does_not_produce(other_reference, capsys, monkeypatch, tmp_path):
+def test_script_fails_on_a_key_it_does_not_produce(other_reference, capsys, tmp_path):
   folder, outputs = other_reference
   bad = _rewrite(folder, tmp_path / 'renamed', lm_logits=None, lm_logits_after_softmax=outputs['lm_logits'])
-  code, out = _run_in_process(bad, capsys, monkeypatch)
+  code, out = _run_in_process(bad, capsys)
   assert code == 1, out[-3000:]
   assert re.search(r'PROBLEM: lm_logits_after_softmax: not produced', out)
   assert LAST_LINE.match(out.strip().splitlines()[-1])
 
 
-def test_script_fails_on_a_wrong_integer_label_and_an_inconsistent_draw(other_reference, capsys, monkeypatch,
-                                                                        tmp_path):
+def test_script_fails_on_a_wrong_integer_label_and_an_inconsistent_draw(other_reference, capsys, tmp_path):
   folder, outputs = other_reference
   labels = outputs['temporal_labels'].copy()
   labels[0] = (labels[0] + 1) % 4
@@ -204,19 +200,19 @@ def test_script_fails_on_a_wrong_integer_label_and_an_inconsistent_draw(other_re
   g, t = np.argwhere(keep)[0]
   masked.reshape(GROUPS, L)[g, t] = 150 if masked.reshape(GROUPS, L)[g, t] != 150 else 151
   bad = _rewrite(folder, tmp_path / 'labels', temporal_labels=labels, train__masked_ids=masked)
-  code, out = _run_in_process(bad, capsys, monkeypatch)
+  code, out = _run_in_process(bad, capsys)
   assert code == 1
   assert re.search(r'^temporal_labels\s+1\.000e\+00', out, re.M), out
   assert 'PROBLEM: train/masked_ids differs from input_ids outside train/masked_idx' in out
 
 
-def test_script_needs_every_file(other_reference, tmp_path, capsys, monkeypatch):
+def test_script_needs_every_file(other_reference, tmp_path, capsys):
   folder, _ = other_reference
   partial = tmp_path / 'partial'
   partial.mkdir()
   (partial / 'config.json').write_bytes((folder / 'config.json').read_bytes())
   with pytest.raises(FileNotFoundError, match='variables.npz'):
-    _run_in_process(partial, capsys, monkeypatch)
+    _run_in_process(partial, capsys)
 
 
 def test_golden_reference_a_passes(golden_run):

@@ -5,7 +5,6 @@ import functools
 import gzip
 import os
 import re
-import runpy
 import shutil
 import subprocess
 import sys
@@ -19,9 +18,11 @@ from flax import nnx, traverse_util
 from merlot_jax.config import load_config
 from merlot_jax.convert.tf_checkpoint import ConversionError, convert_variables, read_tf_checkpoint, tf_variable_map
 from merlot_jax.models.merlot import MerlotModel
-from merlot_jax.train.checkpoint import load_config_json, restore_params
+from merlot_jax.workdir import load_config as load_workdir_config
+from merlot_jax.workdir import restore_params
 from tests.convert import tf_layout
 from tests.models.testlib import REPO
+from tests.script_runner import run_script
 
 
 def _env():
@@ -72,7 +73,7 @@ def scripts_running(ckpt_prefix, reference_config_file, tmp_path_factory):
   out_dir = tmp_path_factory.mktemp('converted') / 'params_a'
   return {'convert': (_script('convert_tf_checkpoint.py', ckpt_prefix, out_dir, '--config', reference_config_file),
                       out_dir),
-          'count': _script('count_params.py', REPO / 'configs' / 'base.py')}
+          'count': _script('count_params.py', '--config', REPO / 'configs' / 'base.py')}
 
 
 @pytest.fixture(scope='module')
@@ -239,7 +240,7 @@ def test_convert_script_writes_a_checkpoint_that_restores(scripts_running, golde
   code, out, err = _finish(proc)
   assert code == 0, err[-3000:]
   assert 'converted 160 TF variables' in out
-  config = load_config_json(out_dir)
+  config = load_workdir_config(out_dir)
   assert config.model.hidden_size == 64 and tuple(config.model.image_size) == (64, 96)
   # A fresh model (zeros), restored from the Orbax checkpoint.
   abstract = nnx.eval_shape(lambda: MerlotModel(config.model, rngs=nnx.Rngs(params=0)))
@@ -249,17 +250,15 @@ def test_convert_script_writes_a_checkpoint_that_restores(scripts_running, golde
   _assert_trees_equal(_params(model), tf_layout.to_ours(golden_vars, tf_layout.entries_for(config.model)))
 
 
-def test_convert_script_fails_on_a_mismatched_config(ckpt_prefix, tmp_path, monkeypatch):
+def test_convert_script_fails_on_a_mismatched_config(ckpt_prefix, tmp_path):
   """The tiny config differs from reference A only by max_positions: the script must stop, naming the table,
   and write nothing. Run in-process (TensorFlow is already imported by the reading test)."""
   cfg = tmp_path / 'wrong.py'
   cfg.write_text('from merlot_jax.config import load_config\n'
                  f'def get_config():\n  c = load_config({str(REPO / "configs" / "tiny.py")!r})\n'
                  '  c.model.max_positions = 128\n  return c\n')
-  script = REPO / 'scripts' / 'convert_tf_checkpoint.py'
-  monkeypatch.setattr(sys, 'argv', [str(script), str(ckpt_prefix), str(tmp_path / 'out'), '--config', str(cfg)])
   with pytest.raises(ConversionError) as e:
-    runpy.run_path(str(script), run_name='__main__')
+    run_script('convert_tf_checkpoint.py', ckpt_prefix, tmp_path / 'out', '--config', cfg)
   assert 'position_embeddings/position_embeddings' in str(e.value) and '(256, 64)' in str(e.value)
   assert 'langonly_embeddings/position_embeddings' in str(e.value)
   assert not (tmp_path / 'out' / 'params').exists()

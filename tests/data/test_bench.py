@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 
 from merlot_jax.config import default_config
-from merlot_jax.data import bench, pipeline
+from merlot_jax.data import bench
+from merlot_jax.data import frames as frames_lib
 from merlot_jax.train.metrics import model_flops_per_example
 
 
@@ -88,8 +89,8 @@ def test_format_report_has_the_cores_per_host_lines():
 def test_baseline_has_the_pipelines_output_size():
   config = _config()
   frames = bench.synthetic_frames(4, (96, 128))  # another size and aspect than the 64x96 output
-  u = tf.random.stateless_uniform([4, pipeline.FRAME_UNIFORMS], [0, 0])  # the pipeline's training frame path
-  want = pipeline.decode_frames(tf.constant(frames), u, config.data, tuple(config.model.image_size), 'original').shape
+  u = tf.random.stateless_uniform([4, frames_lib.FRAME_UNIFORMS], [0, 0])  # the pipeline's training frame path
+  want = frames_lib.decode_frames(tf.constant(frames), u, config.data, tuple(config.model.image_size), 'original').shape
   for like_for_like in (True, False):
     batch = next(bench.decode_baseline(frames, config, 1, like_for_like=like_for_like).as_numpy_iterator())
     assert batch.shape == want and batch.dtype == np.uint8
@@ -102,7 +103,7 @@ def test_baseline_cycles_through_the_pipelines_resize_methods():
   image = tf.io.decode_jpeg(jpeg, channels=3)[None]
   ops = {'bilinear': tf.raw_ops.ResizeBilinear, 'nearest': tf.raw_ops.ResizeNearestNeighbor,
          'bicubic': tf.raw_ops.ResizeBicubic, 'area': tf.raw_ops.ResizeArea}
-  assert bench.RESIZE_METHODS == ('bilinear', 'nearest', 'bicubic', 'area')  # pipeline.random_geometry's order
+  assert bench.RESIZE_METHODS == ('bilinear', 'nearest', 'bicubic', 'area')  # frames_lib.random_geometry's order
   for i, name in enumerate(bench.RESIZE_METHODS):
     ref = tf.cast(ops[name](images=image, size=config.model.image_size, align_corners=True)[0], tf.float32)
     np.testing.assert_array_equal(batch[i], tf.saturate_cast(ref + 0.5, tf.uint8).numpy(), err_msg=name)

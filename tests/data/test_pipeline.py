@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from merlot_jax.config import default_config
+from merlot_jax.data import frames as frames_lib
 from merlot_jax.data import pipeline
 from merlot_jax.data.tokenizer import NEXT_CAPTION_START, START
 
@@ -291,14 +292,14 @@ def test_frames_match_the_original_recipe():
   """All 4 resize methods, with and without contrast, on frames of several shapes (one needs the 64 px floor)."""
   jpegs = [_photo(48, 80, 0), _photo(120, 70, 1), _photo(30, 200, 2), _photo(64, 96, 3)] * 2
   rng = np.random.default_rng(0)
-  u = rng.uniform(size=(8, pipeline.FRAME_UNIFORMS)).astype(np.float32)
+  u = rng.uniform(size=(8, frames_lib.FRAME_UNIFORMS)).astype(np.float32)
   u[:, 3] = (np.arange(8) % 4 + 0.5) / 4  # every method
   u[:, 4] = np.repeat([0.1, 0.9], 4)  # contrast on the first four only (augment_prob 0.8)
   data = _config().data
-  ours = pipeline.decode_frames(tf.constant(jpegs), tf.constant(u), data, (64, 96), 'original').numpy()
+  ours = frames_lib.decode_frames(tf.constant(jpegs), tf.constant(u), data, (64, 96), 'original').numpy()
   for i, jpeg in enumerate(jpegs):
     np.testing.assert_allclose(ours[i], _original_frame(jpeg, u[i]), atol=1.0, err_msg=f'frame {i}')
-  fit = pipeline.decode_frames(tf.constant(jpegs[:4]), None, data, (64, 96), 'original').numpy()
+  fit = frames_lib.decode_frames(tf.constant(jpegs[:4]), None, data, (64, 96), 'original').numpy()
   for i, jpeg in enumerate(jpegs[:4]):
     np.testing.assert_allclose(fit[i], _original_frame(jpeg, None), atol=1.0, err_msg=f'eval frame {i}')
 
@@ -309,22 +310,22 @@ def test_small_outputs_crop_most_of_the_frame():
   shapes = tf.constant([[64, 96], [360, 640], [30, 200]], tf.int32)
   for scale_u, expected in ((0.0, [[36, 54], [32, 56], [32, 213]]), (1.0, [[48, 72], [40, 72], [32, 213]])):
     u = tf.constant([[scale_u, 0.5, 0.5, 0.0]] * 3, tf.float32)
-    g = pipeline.random_geometry(shapes, u, (32, 48), (1.125, 1.5))
+    g = frames_lib.random_geometry(shapes, u, (32, 48), (1.125, 1.5))
     np.testing.assert_array_equal(g.size.numpy(), expected)  # short sides >= 32: the floor, capped
     np.testing.assert_array_equal(g.crop.numpy(), [[32, 48]] * 3)
   # At and above 64 px the original's floor is unchanged: a 30x200 frame still scales to a 64 px short side.
-  g = pipeline.random_geometry(shapes, tf.constant([[0.0, 0.5, 0.5, 0.0]] * 3, tf.float32), (64, 96), (1.125, 1.5))
+  g = frames_lib.random_geometry(shapes, tf.constant([[0.0, 0.5, 0.5, 0.0]] * 3, tf.float32), (64, 96), (1.125, 1.5))
   np.testing.assert_array_equal(g.size.numpy(), [[72, 108], [64, 113], [64, 426]])
 
 
 def test_augment_affine_modes():
   u = tf.constant(np.random.default_rng(0).uniform(size=(1000, 5)), tf.float32)
-  a, c = (x.numpy() for x in pipeline.augment_affine(u, 0.8, 'original'))
+  a, c = (x.numpy() for x in frames_lib.augment_affine(u, 0.8, 'original'))
   applied = u.numpy()[:, 0] < 0.8
   assert np.all(a[~applied] == 1) and np.all(c[~applied] == 0)
   assert np.all((0.68 <= a[applied]) & (a[applied] <= 1.32))
   np.testing.assert_allclose(c[applied], 1 - a[applied])  # the released code: always contrast
-  a, c = (x.numpy() for x in pipeline.augment_affine(u, 0.8, 'intended'))
+  a, c = (x.numpy() for x in frames_lib.augment_affine(u, 0.8, 'intended'))
   brightness = applied & np.all(c == 0, axis=1)
   assert 0.3 < brightness.sum() / applied.sum() < 0.7
   np.testing.assert_allclose(c[applied & ~brightness], 1 - a[applied & ~brightness])

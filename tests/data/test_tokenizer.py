@@ -2,13 +2,12 @@
 
 import hashlib
 import json
-import pathlib
-import runpy
-import sys
 
+import ml_collections
 import pytest
 
 from merlot_jax.data import tokenizer as tk
+from tests.script_runner import run_script
 
 # A tiny byte-level BPE. 'Ġ' is the byte-level symbol of a space, 'Ã' and '©' those of the UTF-8 bytes
 # c3 a9 of 'é'. Merges in rank order.
@@ -94,14 +93,20 @@ def test_sentencepiece_training_is_deterministic(tmp_path, corpus):
   assert all(tok_a.encode(s) == tok_b.encode(s) for s in sentences)
 
 
-def test_train_tokenizer_script(tmp_path, corpus, monkeypatch, capsys):
-  script = pathlib.Path(__file__).resolve().parents[2] / 'scripts/train_tokenizer.py'
-  monkeypatch.setattr(sys, 'argv', ['train_tokenizer.py', '--input', str(corpus[0]),
-                                    '--out', str(tmp_path / 'out/spm'), '--vocab_size', '200'])
-  runpy.run_path(str(script), run_name='__main__')
+def test_train_tokenizer_script(tmp_path, corpus, capsys):
+  assert run_script('train_tokenizer.py', '--input', corpus[0], '--out', tmp_path / 'out/spm', '--vocab_size', 200) == 0
   assert capsys.readouterr().out.strip() == str(tmp_path / 'out/spm.model')
   assert tk.load_tokenizer(tmp_path / 'out/spm.model').vocab_size > 100
 
+
+def test_check_vocab_names_both_sizes_and_the_fix(gpt2_dir):
+  tok = tk.load_tokenizer(gpt2_dir)  # padded to the released weights' 50370 ids
+  for vocab_size in (tk.GPT2_VOCAB_SIZE, tk.GPT2_VOCAB_SIZE + 30):
+    tk.check_vocab(tok, ml_collections.ConfigDict({'model': {'vocab_size': vocab_size}}))
+  with pytest.raises(ValueError, match=r'gpt2bpe:.* has 50370 ids but config.model.vocab_size is 32100: use the '
+                                       r'tokenizer the model was trained with \(or a model with '
+                                       r'model.vocab_size >= 50370\)'):
+    tk.check_vocab(tok, ml_collections.ConfigDict({'model': {'vocab_size': 32100}}))
 
 def test_load_tokenizer_errors_name_the_path(tmp_path):
   with pytest.raises(ValueError, match='encoder.json and vocab.bpe'):

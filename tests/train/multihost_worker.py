@@ -19,7 +19,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from merlot_jax.train import loop  # noqa: E402
+from merlot_jax.pretraining.task import PRETRAINING  # noqa: E402
+from merlot_jax.train import loop, setup  # noqa: E402
 from tests.train.batches import micro_config, synthetic_batch, synthetic_batches  # noqa: E402
 
 GLOBAL_BATCH = 8
@@ -58,10 +59,10 @@ def main(workdir: str, steps: str, num_processes: str, process_id: str, port: st
       rows = slowed(rows, float(batch_seconds), pathlib.Path(workdir) / f'fed.{jax.process_index()}')
     return rows
 
-  state = loop.train(config, workdir, batches, progress=False)
+  state = loop.train(config, PRETRAINING, workdir, batches, progress=False)
   checksum = jax.jit(lambda p: sum(jnp.abs(x.astype(jnp.float32)).sum() for x in jax.tree.leaves(p)))(state.params)
   held_out = host_rows(iter([synthetic_batch(config, GLOBAL_BATCH, seed=10**6)]), config)
-  loss = loop.evaluate_state(config, state, held_out)['loss']
+  loss = loop.evaluate(setup.build(config, PRETRAINING), state, held_out)['loss']
   print('final', jax.process_index(), int(state.step), repr(float(checksum)), repr(loss), flush=True)
 
 

@@ -11,6 +11,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from merlot_jax.pretraining.task import PRETRAINING  # noqa: E402
 from merlot_jax.train import loop  # noqa: E402
 from tests.train.batches import micro_config, synthetic_batches  # noqa: E402
 
@@ -19,7 +20,7 @@ def main(workdir: str, total_steps: str, every: str) -> None:
   config = micro_config(data=2, fsdp=2, tensor=2)
   config.train.total_steps, config.train.checkpoint_every = int(total_steps), int(every)
   config.train.log_every = 1
-  state = loop.train(config, workdir, lambda start, _: synthetic_batches(config, 8, start_step=start),
+  state = loop.train(config, PRETRAINING, workdir, lambda start, _: synthetic_batches(config, 8, start_step=start),
                      progress=False)
   checksum = sum(float(np.abs(np.asarray(x, np.float64)).sum()) for x in jax.tree.leaves(state.params))
   print('final', int(state.step), repr(checksum), flush=True)

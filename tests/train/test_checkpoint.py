@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from merlot_jax import workdir
-from merlot_jax.train import checkpoint, loop, report
+from merlot_jax.pretraining import report
+from merlot_jax.pretraining.task import PRETRAINING
+from merlot_jax.train import checkpoint, loop
 from tests.train.batches import micro_config, synthetic_batches
 
 RUNNER = pathlib.Path(__file__).with_name('run_training.py')
@@ -93,16 +95,17 @@ def _truncate_largest_file(step_dir: pathlib.Path) -> pathlib.Path:
 def test_resume_refuses_a_changed_config_and_falls_back_from_an_unreadable_checkpoint(tmp_path, caplog):
   config = micro_config(data=1, fsdp=1, tensor=1)
   config.train.update(total_steps=4, checkpoint_every=2, log_every=2)
-  run = lambda: loop.train(config, tmp_path, lambda start, _: synthetic_batches(config, 8, start_step=start),
-                           progress=False, devices=jax.devices()[:1])
+  run = lambda: loop.train(config, PRETRAINING, tmp_path,
+                           lambda start, _: synthetic_batches(config, 8, start_step=start), progress=False,
+                           devices=jax.devices()[:1])
   run()
   assert _steps(tmp_path) == [2, 4]
   saved_config = (tmp_path / 'config.json').read_text()  # written by the trainer
   changed = micro_config(data=1, fsdp=1, tensor=1)
   changed.optim.learning_rate = 1e-4
   with pytest.raises(workdir.ConfigChangeError, match='optim.learning_rate: 0.003 -> 0.0001'):
-    loop.train(changed, tmp_path, lambda start, _: synthetic_batches(changed, 8, start_step=start), progress=False,
-               devices=jax.devices()[:1])
+    loop.train(changed, PRETRAINING, tmp_path, lambda start, _: synthetic_batches(changed, 8, start_step=start),
+               progress=False, devices=jax.devices()[:1])
   assert (tmp_path / 'config.json').read_text() == saved_config and _steps(tmp_path) == [2, 4]
 
   _truncate_largest_file(tmp_path / 'checkpoints' / '4')

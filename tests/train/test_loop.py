@@ -1,5 +1,7 @@
 """The loop end to end on one device: logs, TensorBoard, eval, checkpoints, and the non-finite guard."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -8,8 +10,10 @@ from flax import nnx
 
 from merlot_jax.config import load_config
 from merlot_jax.pretrained import load_pretrained
-from merlot_jax.train import loop, metrics, report
-from merlot_jax.train import step as step_lib
+from merlot_jax.pretraining import report
+from merlot_jax.pretraining.loss import pretraining_loss
+from merlot_jax.pretraining.task import PRETRAINING
+from merlot_jax.train import loop, metrics
 from tests.train.batches import mark_poisoned, micro_config, nan_gradient_loss, synthetic_batch, synthetic_batches
 
 PAPER_GFLOPS = {'vit': 774, 'joint': 294, 'resnet': 212, 'langonly': 97, 'lm_head': 8}
@@ -30,7 +34,7 @@ def _config(total_steps: int):
 
 def test_train_logs_evaluates_and_checkpoints(tmp_path):
   config = _config(4)
-  state = loop.train(config, tmp_path, lambda start, _: synthetic_batches(config, 8, start_step=start),
+  state = loop.train(config, PRETRAINING, tmp_path, lambda start, _: synthetic_batches(config, 8, start_step=start),
                      eval_batches_factory=lambda: synthetic_batches(config, 8, seed=99), progress=False,
                      devices=jax.devices()[:1])
   assert int(state.step) == 4
@@ -42,19 +46,19 @@ def test_train_logs_evaluates_and_checkpoints(tmp_path):
   assert {'loss', 'mlm/loss', 'eval/loss', 'grad_norm', 'examples_per_sec', 'tflops_per_sec', 'compile_seconds'} <= tags
 
 
-def test_nonfinite_steps_are_skipped_counted_and_stop_the_run_when_persistent(tmp_path, monkeypatch):
+def test_nonfinite_steps_are_skipped_counted_and_stop_the_run_when_persistent(tmp_path):
   """Gradients NaN while the loss stays finite: step 3 alone is skipped and counted; steps 6-8 in a row
   stop the run at step 8 (max_consecutive_skips = 3), and the last checkpoint's params are finite."""
   config = _config(10)
   config.train.max_consecutive_skips = 3
-  monkeypatch.setattr(step_lib, 'pretraining_loss', nan_gradient_loss(step_lib.pretraining_loss))
+  task = dataclasses.replace(PRETRAINING, loss_fn=nan_gradient_loss(pretraining_loss))
 
   def batches(start, _):
     for i, b in enumerate(synthetic_batches(config, 8, start_step=start)):
       yield mark_poisoned(b) if start + i + 1 in (3, 6, 7, 8) else b
 
   with pytest.raises(metrics.NonFiniteError, match=r'step 8: 3 steps in a row had non-finite grads, updates'):
-    loop.train(config, tmp_path, batches, progress=False, devices=jax.devices()[:1])
+    loop.train(config, task, tmp_path, batches, progress=False, devices=jax.devices()[:1])
   saved = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
   assert saved == [2, 4, 6], saved
   scalars = report.read_scalars(tmp_path / 'train')

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from merlot_jax.train import report
+from merlot_jax.pretraining import report
 
 WORKER = pathlib.Path(__file__).with_name('multihost_worker.py')
 

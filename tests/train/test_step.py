@@ -1,28 +1,23 @@
-"""State creation, the train step (overfitting a batch, skipping a non-finite one) and equality of one step
-across meshes."""
+"""State creation, the train step (overfitting a batch, skipping a non-finite one), equality of one step
+across meshes, and the batch checks of the setup."""
+
+import dataclasses
 
 import jax
 import numpy as np
 import pytest
 
-from merlot_jax import sharding
-from merlot_jax.train import optim
-from merlot_jax.train import state as state_lib
-from merlot_jax.train import step as step_lib
+from merlot_jax.pretraining.loss import pretraining_loss
+from merlot_jax.pretraining.task import PRETRAINING
+from merlot_jax.train import optim, setup
 from tests.train.batches import mark_poisoned, micro_config, nan_gradient_loss, synthetic_batch
-
-
-def _setup(config, devices=None):
-  mesh = sharding.make_mesh(config.mesh, devices)
-  tx = optim.make_optimizer(config.optim, config.train.total_steps)
-  graphdef, state, shardings = state_lib.create_train_state(config, mesh, tx)
-  return mesh, graphdef, state, shardings, tx
 
 
 def test_state_is_created_sharded():
   config = micro_config(data=2, fsdp=4, tensor=1)
-  _, _, state, shardings, _ = _setup(config)
-  for leaf, sh in zip(jax.tree.leaves(state), jax.tree.leaves(shardings), strict=True):
+  s = setup.build(config, PRETRAINING)
+  state = s.init_state()
+  for leaf, sh in zip(jax.tree.leaves(state), jax.tree.leaves(s.state_shardings), strict=True):
     assert leaf.sharding == sh
   fsdp = [leaf for leaf in jax.tree.leaves(state.params) if 'fsdp' in str(leaf.sharding.spec)]
   assert fsdp, 'no parameter is sharded over fsdp'
@@ -31,12 +26,11 @@ def test_state_is_created_sharded():
 
 def test_overfits_a_fixed_batch():
   config = micro_config(data=1, fsdp=1, tensor=1)
-  mesh, graphdef, state, shardings, tx = _setup(config, jax.devices()[:1])
-  train_step = step_lib.make_train_step(config, graphdef, tx, mesh, shardings)
-  batch = step_lib.global_batch(synthetic_batch(config, 8, seed=0), step_lib.batch_shardings(mesh, config))
+  s = setup.build(config, PRETRAINING, devices=jax.devices()[:1])
+  state, batch = s.init_state(), s.global_batch(synthetic_batch(config, 8, seed=0))
   losses = []
   for _ in range(30):
-    state, metrics = train_step(state, batch)
+    state, metrics = s.train_step(state, batch)
     losses.append(float(metrics['loss']))
   assert int(state.step) == 30
   assert np.isfinite(losses).all()
@@ -46,12 +40,11 @@ def test_overfits_a_fixed_batch():
                              optim.learning_rate_schedule(3e-3, 1, 100)(29), rtol=1e-6)
 
 
-def test_a_step_with_nonfinite_gradients_changes_nothing_but_the_step(monkeypatch):
-  monkeypatch.setattr(step_lib, 'pretraining_loss', nan_gradient_loss(step_lib.pretraining_loss))
+def test_a_step_with_nonfinite_gradients_changes_nothing_but_the_step():
   config = micro_config(data=1, fsdp=1, tensor=1)
-  mesh, graphdef, state, shardings, tx = _setup(config, jax.devices()[:1])
-  train_step = step_lib.make_train_step(config, graphdef, tx, mesh, shardings)
-  batch = lambda b: step_lib.global_batch(b, step_lib.batch_shardings(mesh, config))
+  task = dataclasses.replace(PRETRAINING, loss_fn=nan_gradient_loss(pretraining_loss))
+  s = setup.build(config, task, devices=jax.devices()[:1])
+  state, train_step, batch = s.init_state(), s.train_step, s.global_batch
   good = synthetic_batch(config, 8, seed=0)
   state, metrics = train_step(state, batch(good))
   assert float(metrics['skipped']) == 0
@@ -76,20 +69,15 @@ MESHES = [(8, 1, 1), (2, 4, 1), (1, 4, 2), (2, 2, 2)]
 
 
 def _one_step(config, devices, host_state, batch):
-  mesh = sharding.make_mesh(config.mesh, devices)
-  tx = optim.make_optimizer(config.optim, config.train.total_steps)
-  graphdef, _, shardings = state_lib.state_shardings(config, mesh, tx)
-  state = jax.device_put(host_state, shardings)
-  train_step = step_lib.make_train_step(config, graphdef, tx, mesh, shardings)
-  state, metrics = train_step(state, step_lib.global_batch(batch, step_lib.batch_shardings(mesh, config)))
+  s = setup.build(config, PRETRAINING, devices=devices)
+  state, metrics = s.train_step(jax.device_put(host_state, s.state_shardings), s.global_batch(batch))
   return jax.device_get(state.params), float(metrics['loss'])
 
 
 def test_one_step_is_the_same_on_every_mesh():
   base = micro_config(data=1, fsdp=1, tensor=1)
   batch = synthetic_batch(base, 8, seed=1)
-  _, _, state, _, _ = _setup(base, jax.devices()[:1])
-  host_state = jax.device_get(state)
+  host_state = jax.device_get(setup.build(base, PRETRAINING, devices=jax.devices()[:1]).init_state())
   ref_params, ref_loss = _one_step(base, jax.devices()[:1], host_state, batch)
   for data, fsdp, tensor in MESHES:
     params, loss = _one_step(micro_config(data=data, fsdp=fsdp, tensor=tensor), None, host_state, batch)
@@ -99,10 +87,13 @@ def test_one_step_is_the_same_on_every_mesh():
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=where)
 
 
-def test_global_batch_names_missing_keys():
+def test_global_batch_names_missing_keys_and_wrong_shapes():
   config = micro_config(data=1, fsdp=1, tensor=1)
-  mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
-  batch = synthetic_batch(config, 2, seed=0)
-  del batch['image_index']
+  s = setup.build(config, PRETRAINING, devices=jax.devices()[:1])
+  batch = synthetic_batch(config, 8, seed=0)
   with pytest.raises(KeyError, match='image_index'):
-    step_lib.global_batch(batch, step_lib.batch_shardings(mesh, config))
+    s.global_batch({k: v for k, v in batch.items() if k != 'image_index'})
+  with pytest.raises(ValueError, match=r'pretraining batch.*input_ids: \(4, 2, 8\) int32, expected \(8, 2, 8\) int32'):
+    s.global_batch({**batch, 'input_ids': batch['input_ids'][:4]})
+  with pytest.raises(ValueError, match=r'images: \(8, 2, 32, 32, 3\) float32, expected \(8, 2, 32, 32, 3\) uint8'):
+    s.global_batch({**batch, 'images': batch['images'].astype(np.float32)})

@@ -6,10 +6,8 @@ import io
 import json
 import os
 import pathlib
-import runpy
 import shutil
 import signal
-import sys
 import threading
 import time
 
@@ -19,13 +17,14 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from merlot_jax.data import beam_pipeline, corpus, record_format, synthetic, tfds_merlot, video
-from merlot_jax.data import video_segments as vs
-from merlot_jax.data.segments import make_segments
+from merlot_jax.data import record_format
 from merlot_jax.data.tokenizer import load_tokenizer, train_sentencepiece
-from merlot_jax.data.transcripts import load_transcript
+from merlot_jax.preprocess import beam_pipeline, corpus, synthetic, tfds_merlot, video
+from merlot_jax.preprocess import framed_segments as framed
+from merlot_jax.preprocess.segmenting import make_segments
+from merlot_jax.preprocess.transcripts import load_transcript
+from tests.script_runner import run_script
 
-SCRIPTS = pathlib.Path(__file__).resolve().parents[2] / 'scripts'
 FPS = 10
 WORD_SECONDS = 0.1
 SENTENCE = 24  # words; with a word-level tokenizer a 24-word sentence is exactly one segment
@@ -223,9 +222,9 @@ def fifo_video(hand_videos, tmp_path, monkeypatch):
   fifo = tmp_path / 'fifo' / 'v1x.mp4'
   fifo.parent.mkdir()
   os.mkfifo(fifo)
-  extra = vs.VideoInput(fifo.name, str(fifo), shutil.copy(hand_videos / 'v1.json', fifo.parent), None)
-  find_videos = vs.find_videos
-  monkeypatch.setattr(vs, 'find_videos', lambda root: sorted(find_videos(root) + [extra], key=lambda v: v.name))
+  extra = framed.VideoInput(fifo.name, str(fifo), shutil.copy(hand_videos / 'v1.json', fifo.parent), None)
+  find_videos = framed.find_videos
+  monkeypatch.setattr(framed, 'find_videos', lambda root: sorted(find_videos(root) + [extra], key=lambda v: v.name))
   watchdog = threading.Timer(30, end_fifo_reads, [fifo])
   watchdog.start()
   yield fifo
@@ -300,8 +299,8 @@ def test_interrupted_run_resumes_to_identical_shards(hand_videos, tokenizer_path
   (part / f'.tmp-{corpus.shard_name(2, 4)}-stale').write_bytes(b'half a shard')  # as if killed mid-write
 
   processed = []
-  process_video = vs.process_video
-  monkeypatch.setattr(vs, 'process_video', lambda v, *a, **k: processed.append(v.name) or process_video(v, *a, **k))
+  process_video = framed.process_video
+  monkeypatch.setattr(framed, 'process_video', lambda v, *a, **k: processed.append(v.name) or process_video(v, *a, **k))
   manifest = corpus.write_corpus(str(hand_videos), str(part), tokenizer_path, options, progress=False)
   assert processed == ['v2.mp4', 'v3.mp4']  # finished shards are kept, not redone
   assert shard_bytes(part) == shard_bytes(full)
@@ -349,12 +348,10 @@ def test_beam_matches_multiprocessing(hand_videos, tokenizer_path, tmp_path):
   assert shard_bytes(tmp_path / 'beam') == shard_bytes(tmp_path / 'pool')  # even shard by shard
 
 
-def test_preprocess_script_and_tfds(hand_videos, tokenizer_path, tmp_path, monkeypatch):
+def test_preprocess_script_and_tfds(hand_videos, tokenizer_path, tmp_path):
   data_dir = tmp_path / 'tfds' / tfds_merlot.NAME / tfds_merlot.VERSION
-  monkeypatch.setattr(sys, 'argv', ['preprocess.py', '--videos', str(hand_videos), '--out', str(data_dir),
-                                    '--tokenizer', tokenizer_path, '--workers', '1', '--num_segments', str(N),
-                                    '--videos_per_shard', '3'])
-  runpy.run_path(str(SCRIPTS / 'preprocess.py'), run_name='__main__')
+  assert run_script('preprocess.py', '--videos', hand_videos, '--out', data_dir, '--tokenizer', tokenizer_path,
+                    '--workers', 1, '--num_segments', N, '--videos_per_shard', 3) == 0
   records = read_records(data_dir)
   for builder in (tfds.builder(tfds_merlot.NAME, data_dir=str(tmp_path / 'tfds')),
                   tfds.builder_from_directory(str(data_dir))):
@@ -365,6 +362,23 @@ def test_preprocess_script_and_tfds(hand_videos, tokenizer_path, tmp_path, monke
       assert got['video_src_index'].tolist() == want['video_src_index']
       assert got['tokens_clean'].tolist() == [t for seg in want['tokens_clean'] for t in seg]
       assert got['times'].tolist() == want['times']
+
+
+def test_preprocess_script_passes_unknown_arguments_to_beam_only(hand_videos, tokenizer_path, tmp_path, monkeypatch,
+                                                                 capsys):
+  calls = []
+  monkeypatch.setattr(beam_pipeline, 'run', lambda *args: calls.append(args) or {'examples': 0})
+  monkeypatch.setattr(tfds_merlot, 'write_metadata', lambda out: None)
+  common = ('--videos', hand_videos, '--out', tmp_path / 'data', '--tokenizer', tokenizer_path, '--num_segments', N)
+  beam_args = ['--runner=DirectRunner', '--direct_num_workers', '1', '--no_pipeline_type_check']
+  assert run_script('preprocess.py', *common, '--beam', *beam_args) == 0
+  (args,) = calls
+  assert args[:3] == (str(hand_videos), str(tmp_path / 'data'), tokenizer_path) and args[3].num_segments == N
+  assert args[4] == beam_args
+  assert run_script('preprocess.py', *common, '--runner=DirectRunner') == 1
+  assert 'unrecognized arguments: --runner=DirectRunner (only --beam passes arguments on)' in capsys.readouterr().err
+  assert 'workers' in run_script('preprocess.py', *common, '--workers=two')  # absl's message, exit status 1
+  assert len(calls) == 1 and not (tmp_path / 'data').exists()
 
 
 def test_real_youtube_transcript_with_denoised_text(shared_dir, tmp_path):

@@ -4,17 +4,15 @@ import dataclasses
 import io
 import itertools
 import json
-import pathlib
 import re
-import runpy
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from merlot_jax.data import synthetic, video
-from merlot_jax.data.transcripts import load_transcript
+from merlot_jax.preprocess import synthetic, video
+from merlot_jax.preprocess.transcripts import load_transcript
+from tests.script_runner import run_script
 
 CONFIG = synthetic.Config(min_events=5, max_events=7, num_stories=4, heldout_fraction=0.34)
 NUM_VIDEOS = 3
@@ -142,11 +140,9 @@ def test_story_frames_are_distinct(tmp_path):
       assert np.abs(frames[a] - frames[b]).max() > 20, (story['id'], a, b)
 
 
-def test_script(tmp_path, monkeypatch):
-  monkeypatch.setattr(sys, 'argv', ['make_synthetic_corpus.py', '--out', str(tmp_path), '--videos', '2',
-                                    '--seed', '3', '--stories', '2', '--max_events', '9'])
-  runpy.run_path(str(pathlib.Path(__file__).resolve().parents[2] / 'scripts' / 'make_synthetic_corpus.py'),
-                 run_name='__main__')
+def test_script(tmp_path):
+  assert run_script('make_synthetic_corpus.py', '--out', tmp_path, '--videos', 2, '--seed', 3, '--stories', 2,
+                    '--max_events', 9) == 0
   info = json.loads((tmp_path / 'synthetic.json').read_text())
   assert info['seed'] == 3 and len(info['videos']['train']) == 2 and info['stories'] == 2
   assert info['config']['max_events'] == 9

@@ -12,8 +12,8 @@ import einops
 import jax
 import ml_collections
 
-from merlot_jax import objectives
 from merlot_jax.models.merlot import MerlotModel
+from merlot_jax.pretraining import objectives
 
 RETRIEVAL_METRICS = {'acc': 1, 'top10_acc': 10}  # transcript->frame: own frame first / among the 10 nearest
 

@@ -18,8 +18,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from merlot_jax import objectives
-from merlot_jax.train.loss import RETRIEVAL_METRICS
+from merlot_jax.pretraining import objectives
+from merlot_jax.pretraining.loss import RETRIEVAL_METRICS
 
 PLOTTED = (('loss', 'total loss'), ('mlm/loss', 'masked LM loss'), ('contrastive/loss', 'contrastive loss'),
            ('temporal/loss', 'temporal loss'), ('mlm/acc', 'masked LM accuracy'),

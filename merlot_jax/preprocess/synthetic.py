@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from merlot_jax.data.video import encode_jpeg, write_video
+from merlot_jax.preprocess.video import encode_jpeg, write_video
 
 COLOURS = {
     'red': (220, 40, 40), 'green': (40, 180, 60), 'blue': (50, 90, 230), 'yellow': (235, 215, 40),

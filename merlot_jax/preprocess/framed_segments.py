@@ -8,10 +8,10 @@ instead of segments; see SKIP_REASONS.
 import dataclasses
 import pathlib
 
-from merlot_jax.data import video as video_lib
-from merlot_jax.data.segments import make_segments
 from merlot_jax.data.tokenizer import Tokenizer, load_tokenizer
-from merlot_jax.data.transcripts import TranscriptError, align_clean_words, load_denoised, load_transcript
+from merlot_jax.preprocess import video as video_lib
+from merlot_jax.preprocess.segmenting import make_segments
+from merlot_jax.preprocess.transcripts import TranscriptError, align_clean_words, load_denoised, load_transcript
 
 VIDEO_SUFFIXES = ('.mp4', '.mkv', '.webm')
 DENOISED_SUFFIX = '.grover.json'

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from merlot_jax.data import video
+from merlot_jax.preprocess import video
 
 FPS = 10
 NUM_FRAMES = 40

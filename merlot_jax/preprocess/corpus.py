@@ -34,8 +34,8 @@ import tensorflow as tf
 import tqdm
 
 from merlot_jax.data import record_format
-from merlot_jax.data import video_segments as vs
 from merlot_jax.data.tokenizer import load_tokenizer
+from merlot_jax.preprocess import framed_segments as framed
 
 MANIFEST = 'manifest.json'
 STATS_DIR = 'shard_stats'
@@ -61,7 +61,7 @@ class Options:
 class Plan:
   """What a run writes: the shards' videos and the settings recorded in (and checked against) the manifest."""
   out_dir: str
-  shards: list[list[vs.VideoInput]]
+  shards: list[list[framed.VideoInput]]
   settings: dict
   finished: dict[int, dict]  # shard index -> stats of shards kept from an earlier run
 
@@ -73,7 +73,7 @@ def shard_name(index: int, num_shards: int) -> str:
   return f'train-{index:05d}-of-{num_shards:05d}.tfrecord'
 
 
-def pack_examples(results: Sequence[vs.VideoResult], num_segments: int) -> tuple[list[bytes], int]:
+def pack_examples(results: Sequence[framed.VideoResult], num_segments: int) -> tuple[list[bytes], int]:
   """Serialized examples of `num_segments` consecutive segments, and the number of leftover segments."""
   examples, buffer = [], []
   for result in results:
@@ -103,7 +103,7 @@ def _stats_path(out_dir: str, name: str) -> str:
 
 
 def write_shard(out_dir: str, index: int, num_shards: int, num_segments: int,
-                results: Sequence[vs.VideoResult]) -> dict:
+                results: Sequence[framed.VideoResult]) -> dict:
   """Packs one shard's video results (in video order), writes its stats then the shard; returns the stats."""
   name = shard_name(index, num_shards)
   examples, dropped = pack_examples(results, num_segments)
@@ -155,9 +155,9 @@ def write_manifest(plan: Plan, finished: dict[int, dict]) -> dict:
 
 def make_plan(videos_dir: str, out_dir: str, tokenizer_path: str, options: Options = Options()) -> Plan:
   """Finds the videos, checks DATA_DIR's manifest against this run's settings and finds finished shards."""
-  videos = vs.find_videos(videos_dir)
+  videos = framed.find_videos(videos_dir)
   if not videos:
-    raise ValueError(f'{videos_dir}: no videos ({", ".join(vs.VIDEO_SUFFIXES)}) found')
+    raise ValueError(f'{videos_dir}: no videos ({", ".join(framed.VIDEO_SUFFIXES)}) found')
   tokenizer = load_tokenizer(tokenizer_path)
   beside = lambda path: os.path.relpath(path, videos_dir) if path else ''
   inputs = hashlib.sha256('\n'.join(f'{v.name}\t{beside(v.transcript)}\t{beside(v.denoised)}'
@@ -180,24 +180,24 @@ def make_plan(videos_dir: str, out_dir: str, tokenizer_path: str, options: Optio
   return Plan(out_dir, shards, settings, finished_shards(out_dir, len(shards)))
 
 
-def _pooled_result(video: vs.VideoInput, future: pebble.ProcessFuture, timeout: float | None) -> vs.VideoResult:
+def _pooled_result(video: framed.VideoInput, future: pebble.ProcessFuture, timeout: float | None) -> framed.VideoResult:
   """The worker's result, or a skip if the video ran past `timeout` or its worker process died."""
   try:
     return future.result()
   except TimeoutError:
-    return vs.VideoResult(video, skip_reason='timeout', detail=f'{video.video}: no result after {timeout:g} s')
+    return framed.VideoResult(video, skip_reason='timeout', detail=f'{video.video}: no result after {timeout:g} s')
   except pebble.ProcessExpired as e:
     how = (f'was killed by signal {-e.exitcode} ({signal.strsignal(-e.exitcode)})' if e.exitcode < 0
            else f'exited with code {e.exitcode}')
-    return vs.VideoResult(video, skip_reason='worker_died', detail=f'{video.video}: its worker process {how}')
+    return framed.VideoResult(video, skip_reason='worker_died', detail=f'{video.video}: its worker process {how}')
 
 
 def _pool_map(pool: pebble.ProcessPool, kwargs: dict, timeout: float | None, ahead: int,
-              videos: Iterable[vs.VideoInput]) -> Iterator[vs.VideoResult]:
+              videos: Iterable[framed.VideoInput]) -> Iterator[framed.VideoResult]:
   """Results in the videos' order, with at most `ahead` videos scheduled at a time (memory stays bounded)."""
   scheduled = collections.deque()
   for video in videos:
-    scheduled.append((video, pool.schedule(vs.process_in_worker, (video,), kwargs, timeout=timeout)))
+    scheduled.append((video, pool.schedule(framed.process_in_worker, (video,), kwargs, timeout=timeout)))
     if len(scheduled) >= ahead:
       yield _pooled_result(*scheduled.popleft(), timeout)
   while scheduled:
@@ -206,7 +206,7 @@ def _pool_map(pool: pebble.ProcessPool, kwargs: dict, timeout: float | None, ahe
 
 @contextlib.contextmanager
 def _video_mapper(workers: int, tokenizer_path: str, options: Options, video_timeout: float | None
-                  ) -> Iterator[Callable[[list[vs.VideoInput]], Iterator[vs.VideoResult]]]:
+                  ) -> Iterator[Callable[[list[framed.VideoInput]], Iterator[framed.VideoResult]]]:
   """A function mapping videos to results in order: in this process, or in a pool of spawned workers.
 
   A time limit needs a worker process to kill, so with one the videos go to a pool even for workers <= 1.
@@ -215,11 +215,11 @@ def _video_mapper(workers: int, tokenizer_path: str, options: Options, video_tim
   timeout = video_timeout if video_timeout is not None and video_timeout > 0 else None
   if workers <= 1 and timeout is None:
     tokenizer = load_tokenizer(tokenizer_path)
-    yield lambda videos: (vs.process_video(v, tokenizer, **kwargs) for v in videos)
+    yield lambda videos: (framed.process_video(v, tokenizer, **kwargs) for v in videos)
     return
   workers = max(workers, 1)
   ctx = multiprocessing.get_context('spawn')  # this process has TensorFlow loaded; workers need not
-  pool = pebble.ProcessPool(workers, initializer=vs.init_worker, initargs=(tokenizer_path,), context=ctx)
+  pool = pebble.ProcessPool(workers, initializer=framed.init_worker, initargs=(tokenizer_path,), context=ctx)
   try:
     yield functools.partial(_pool_map, pool, kwargs, timeout, 2 * workers)
   finally:  # every result is in by now, unless the run failed: then in-flight videos need not finish

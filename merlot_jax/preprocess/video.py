@@ -150,10 +150,11 @@ def write_video(video_path: str | os.PathLike, frames: Iterable[np.ndarray], fps
                 keyframe_seconds: float = 2.0) -> None:
   """Encodes RGB uint8 frames (even width and height) as H.264 (crf 18, a keyframe every few seconds).
 
-  The container follows the file name: .mp4, .mkv, ... A seeded synthetic corpus must be reproducible, so
-  the encoder gets yuv420p frames converted in numpy and runs one thread: x264's frame threads, and
-  swscale's RGB -> YUV conversion (which picks its threads by CPU count), each made the same frames encode
-  slightly differently now and then.
+  The container follows the file name: .mp4, .mkv, ... A seeded synthetic corpus must be byte-for-byte
+  reproducible, so the encoder gets yuv420p frames converted in integer numpy, runs one thread, and runs
+  without x264's rate-control lookahead (mbtree), adaptive quantisation and psy tuning: with those on, the
+  same input frames encoded differently about one time in ten on a loaded host, even in one thread (and
+  with frame threads or swscale's CPU-count-dependent threads, more often).
   """
   with av.open(str(video_path), 'w') as out:
     stream = None
@@ -163,7 +164,9 @@ def write_video(video_path: str | os.PathLike, frames: Iterable[np.ndarray], fps
         stream.height, stream.width = frame.shape[:2]
         stream.pix_fmt = 'yuv420p'
         stream.codec_context.gop_size = max(1, round(fps * keyframe_seconds))
-        stream.options = {'crf': '18', 'preset': 'veryfast', 'threads': '1'}
+        stream.codec_context.thread_count = 1  # PyAV's default, 0, lets libavcodec pick threads by CPU count
+        stream.options = {'crf': '18', 'preset': 'veryfast',
+                          'x264-params': 'threads=1:lookahead-threads=1:no-mbtree=1:rc-lookahead=0:aq-mode=0:psy=0'}
       av_frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(frame), format='yuv420p')
       av_frame.pts = i
       out.mux(stream.encode(av_frame))

@@ -9,7 +9,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from merlot_jax.data.tokenizer import Tokenizer
-from merlot_jax.data.transcripts import Word
+from merlot_jax.preprocess.transcripts import Word
 
 SENTENCE_ENDS = ('.', '?', '!')
 

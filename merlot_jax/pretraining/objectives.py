@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from merlot_jax.config import CHOICES
 from merlot_jax.models.layers import l2_normalize
 
 MASK_ID = 1
@@ -282,8 +283,9 @@ def temporal_pair_weights(image_index: jax.Array, mode: str, easy_weight: float,
   unshuffled (index < offset), so pairs with a shuffled frame get weight 1.
   """
   chex.assert_rank(image_index, 2)
-  if mode not in ('original', 'intended'):
-    raise ValueError(f"objectives.temporal_pair_weighting = {mode!r}: must be 'original' or 'intended'")
+  if mode not in CHOICES['objectives.temporal_pair_weighting']:
+    raise ValueError(f"objectives.temporal_pair_weighting = {mode!r}: must be one of "
+                     f"{CHOICES['objectives.temporal_pair_weighting']}")
   is_easy = image_index < (ORIGINAL_EASY_INDEX if mode == 'original' else offset)
   both_easy = is_easy[:, :, None] & is_easy[:, None, :]
   weight = jnp.logical_not(both_easy).astype(jnp.float32) * (1.0 - easy_weight) + easy_weight

@@ -4,8 +4,8 @@ import itertools
 
 import pytest
 
-from merlot_jax.data.segments import Segment, make_segments
-from merlot_jax.data.transcripts import Word, align_clean_words, load_denoised, load_transcript
+from merlot_jax.preprocess.segmenting import Segment, make_segments
+from merlot_jax.preprocess.transcripts import Word, align_clean_words, load_denoised, load_transcript
 
 
 class CharTokenizer:

@@ -8,7 +8,7 @@ import string
 
 import pytest
 
-from merlot_jax.data.transcripts import (
+from merlot_jax.preprocess.transcripts import (
   TranscriptError,
   Word,
   _levenshtein_matrix,

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from merlot_jax.data import corpus
+from merlot_jax.preprocess import corpus
 
 NAME = 'merlot_corpus'
 VERSION = '1.0.0'

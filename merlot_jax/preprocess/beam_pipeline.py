@@ -21,9 +21,9 @@ from collections.abc import Iterator, Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from merlot_jax.data import corpus
-from merlot_jax.data import video_segments as vs
 from merlot_jax.data.tokenizer import load_tokenizer
+from merlot_jax.preprocess import corpus
+from merlot_jax.preprocess import framed_segments as framed
 
 
 class _ProcessVideo(beam.DoFn):
@@ -37,9 +37,9 @@ class _ProcessVideo(beam.DoFn):
   def setup(self):
     self._tokenizer = load_tokenizer(self._tokenizer_path)
 
-  def process(self, item: tuple[int, int, vs.VideoInput]) -> Iterator[tuple[int, tuple[int, vs.VideoResult]]]:
+  def process(self, item: tuple[int, int, framed.VideoInput]) -> Iterator[tuple[int, tuple[int, framed.VideoResult]]]:
     shard, position, video = item
-    result = vs.process_video(video, self._tokenizer, segment_tokens=self._options.segment_tokens,
+    result = framed.process_video(video, self._tokenizer, segment_tokens=self._options.segment_tokens,
                               jpeg_quality=self._options.jpeg_quality)
     beam.metrics.Metrics.counter('merlot', 'skipped' if result.skip_reason else 'videos').inc()
     yield shard, (position, result)
