@@ -136,17 +136,21 @@ class Gcloud:
     raise CommandFailed(f'describe failed with exit code {result.returncode}: {result.stderr.strip()}',
                         result.returncode)
 
+  def poll(self) -> str | None:
+    """`state()`, or None (said on the console) when describe fails this time: pollers ask again."""
+    try:
+      return self.state()
+    except CommandFailed as e:
+      say(f'{self.label}: {e} (will ask again)')
+      return None
+
   def wait_for(self, done: Callable[[str], bool], what: str, fail: frozenset[str] = frozenset()) -> str:
     """Polls the state every POLL_INTERVAL until done(state), at most READY_TIMEOUT seconds (0: no limit);
     a state in `fail` ends the wait with CommandFailed."""
     deadline = time.monotonic() + self.st.ready_timeout if self.st.ready_timeout else None
     last = None
     while True:
-      try:
-        state = self.state()
-      except CommandFailed as e:
-        state = None
-        say(f'{self.label}: {e} (will ask again)')
+      state = self.poll()
       if state == DRY_RUN or (state is not None and done(state)):
         return state
       if state in fail:

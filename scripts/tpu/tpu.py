@@ -143,11 +143,7 @@ def cmd_watch(g, st, args) -> None:
   say(f'watching {g.label} every {st.poll_interval:g}s; on {lost} it is recreated and training relaunched')
   recoveries, recovering, checks, last = 0, False, 0, None
   while True:
-    try:
-      state = g.state()
-    except CommandFailed as e:
-      state = None
-      say(f'{g.label}: {e} (will ask again)')
+    state = g.poll()
     if state is not None and state != last:
       say(f'{g.label}: {state}')
       last = state
