@@ -25,7 +25,7 @@ from merlot_jax.config import default_config
 from merlot_jax.data import pipeline
 from merlot_jax.data.record_format import make_example, write_tfrecord
 from merlot_jax.train.aot import parse_topology
-from merlot_jax.train.metrics import model_flops_per_example
+from merlot_jax.train.flops import model_flops_per_example
 
 # The original's training resize methods, in the order of frames.random_geometry's method index (one of
 # the 4 with probability 1/4 each, align_corners=True); frames.py crops the nearest-neighbour resize by

@@ -28,7 +28,7 @@ from jax.sharding import Mesh
 from merlot_jax import sharding
 from merlot_jax.pretraining.task import PRETRAINING
 from merlot_jax.train import setup
-from merlot_jax.train.metrics import model_flops_per_example
+from merlot_jax.train.flops import model_flops_per_example
 
 GiB = 2**30
 

@@ -22,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from merlot_jax import sharding
 from merlot_jax.data.random_batch import random_batch
 from merlot_jax.pretraining.task import PRETRAINING
-from merlot_jax.train import metrics, setup
+from merlot_jax.train import flops, setup
 
 GiB = 2**30
 
@@ -153,10 +153,10 @@ def unrolled_xla_flops(config: ml_collections.ConfigDict) -> float:
 def check_flops(config: ml_collections.ConfigDict, xla_flops: float, tolerance: float = FLOP_TOLERANCE) -> float:
   """Returns XLA / analytic FLOPs per step; raises FlopCountError with both numbers when they disagree by
   more than `tolerance`."""
-  analytic = metrics.model_flops_per_example(config) * config.train.global_batch_size
+  analytic = flops.model_flops_per_example(config) * config.train.global_batch_size
   ratio = xla_flops / analytic
   if abs(ratio - 1) > tolerance:
-    raise FlopCountError(f'FLOPs per train step: analytic (merlot_jax/train/metrics.py) {analytic:.4g}, XLA '
+    raise FlopCountError(f'FLOPs per train step: analytic (merlot_jax/train/flops.py) {analytic:.4g}, XLA '
                          f'cost analysis of the unrolled step {xla_flops:.4g}: ratio {ratio:.3f}, outside '
                          f'1 +- {tolerance} (FLOP_TOLERANCE in merlot_jax/train/bench.py); MFU would be wrong')
   return ratio
@@ -211,10 +211,10 @@ def run_train_benchmark(config: ml_collections.ConfigDict, steps: int = 5, *, pe
     check_flops(config, xla_flops)
   step_seconds = _time_steps(compiled, run, steps)
   stats = jax.local_devices()[0].memory_stats() or {}
-  flops = metrics.model_flops_per_example(config) * config.train.global_batch_size
+  flops_per_step = flops.model_flops_per_example(config) * config.train.global_batch_size
   return TrainBenchResult(jax.devices()[0].device_kind, jax.device_count(), config.train.global_batch_size,
-                          seconds, step_seconds, flops, xla_flops, device_peak(peak_tflops), compiled_bytes(compiled),
-                          stats.get('peak_bytes_in_use'))
+                          seconds, step_seconds, flops_per_step, xla_flops, device_peak(peak_tflops),
+                          compiled_bytes(compiled), stats.get('peak_bytes_in_use'))
 
 
 def format_report(r: TrainBenchResult) -> str:

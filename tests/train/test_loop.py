@@ -13,7 +13,7 @@ from merlot_jax.pretrained import load_pretrained
 from merlot_jax.pretraining import report
 from merlot_jax.pretraining.loss import pretraining_loss
 from merlot_jax.pretraining.task import PRETRAINING
-from merlot_jax.train import loop, metrics
+from merlot_jax.train import flops, loop, metrics
 from tests.train.batches import mark_poisoned, micro_config, nan_gradient_loss, synthetic_batch, synthetic_batches
 
 PAPER_GFLOPS = {'vit': 774, 'joint': 294, 'resnet': 212, 'langonly': 97, 'lm_head': 8}
@@ -21,9 +21,9 @@ PAPER_GFLOPS = {'vit': 774, 'joint': 294, 'resnet': 212, 'langonly': 97, 'lm_hea
 
 def test_flops_match_the_paper_model():
   config = load_config('configs/base.py')
-  for name, gflops in metrics.flops_breakdown(config).items():
+  for name, gflops in flops.flops_breakdown(config).items():
     np.testing.assert_allclose(gflops / 1e9, PAPER_GFLOPS[name], rtol=0.03, err_msg=name)
-  np.testing.assert_allclose(metrics.model_flops_per_example(config, train=False), 1.385e12, rtol=0.01)
+  np.testing.assert_allclose(flops.model_flops_per_example(config, train=False), 1.385e12, rtol=0.01)
 
 
 def _config(total_steps: int):

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from merlot_jax.train import bench, metrics
+from merlot_jax.train import bench, flops
 from tests.train.batches import micro_config
 
 
@@ -24,13 +24,13 @@ def test_flop_cross_check_passes_on_the_real_model(result):
   ratio = bench.check_flops(config, r.xla_flops_per_step)
   assert abs(ratio - 1) <= bench.FLOP_TOLERANCE
   assert ratio == r.xla_flops_per_step / r.model_flops_per_step
-  assert r.model_flops_per_step == metrics.model_flops_per_example(config) * config.train.global_batch_size
+  assert r.model_flops_per_step == flops.model_flops_per_example(config) * config.train.global_batch_size
 
 
 def test_flop_cross_check_raises_with_both_numbers_when_the_analytic_count_is_off(result, monkeypatch):
   config, r = result
-  real = metrics.model_flops_per_example
-  monkeypatch.setattr(metrics, 'model_flops_per_example', lambda c, **kw: real(c, **kw) / 2)
+  real = flops.model_flops_per_example
+  monkeypatch.setattr(flops, 'model_flops_per_example', lambda c, **kw: real(c, **kw) / 2)
   with pytest.raises(bench.FlopCountError) as e:
     bench.check_flops(config, r.xla_flops_per_step)
   message = str(e.value)
