@@ -1,7 +1,9 @@
 """Output heads: masked-LM head (tied embeddings), contrastive projections, temporal pair classifiers, and the
-open-ended QA answer classifier."""
+downstream ones: multiple-choice option scorers and the open-ended QA answer classifier."""
 
 from __future__ import annotations
+
+import math
 
 import chex
 import einops
@@ -9,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from merlot_jax.models.layers import Dense, LayerNorm, dropout, gelu, l2_normalize, param
+from merlot_jax.models.layers import Dense, LayerNorm, dropout, gelu, l2_normalize, param, truncated_normal
 
 
 class LMHead(nnx.Module):
@@ -63,6 +65,31 @@ class TemporalHead(nnx.Module):
     """xa, xb: [g, n, hidden] -> float32 logits [g * n * n, 4]."""
     h = self.norm(gelu(self.intermediate(pairwise_concat(xa, xb))))
     return self.logits(h).astype(jnp.float32)
+
+
+class MultipleChoiceHead(nnx.Module):
+  """One or more scoring heads (stacked): [n, hidden] states + head index [n] -> float32 logits [n]."""
+
+  def __init__(self, hidden: int, num_heads: int, num_options: int, *, rngs: nnx.Rngs, init_std: float,
+               dropout_rate: float, dtype=jnp.float32):
+    mid = hidden // 2
+    prior = 1.0 / num_options
+    self.kernel0 = param(rngs, truncated_normal(init_std), (num_heads, hidden, mid), (None, 'embed', None))
+    self.bias0 = param(rngs, nnx.initializers.zeros, (num_heads, mid), (None, None))
+    self.kernel1 = param(rngs, truncated_normal(init_std), (num_heads, mid), (None, None))
+    self.bias1 = param(rngs, nnx.initializers.constant(-math.log((1 - prior) / prior)), (num_heads,), (None,))
+    self.dropout_rate, self.dtype = dropout_rate, dtype
+
+  def __call__(self, x: jax.Array, head: jax.Array, *, dropout_rng: jax.Array | None = None) -> jax.Array:
+    chex.assert_rank(x, 2)
+    chex.assert_shape(head, (x.shape[0],))
+    r0, r1 = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
+    x = dropout(x.astype(self.dtype), self.dropout_rate, r0)
+    h = jnp.einsum('nd,kdm->nkm', x, self.kernel0[...].astype(self.dtype)) + self.bias0[...].astype(self.dtype)
+    h = dropout(gelu(h), self.dropout_rate, r1)
+    logits = jnp.einsum('nkm,km->nk', h, self.kernel1[...].astype(self.dtype), preferred_element_type=jnp.float32)
+    logits = logits + self.bias1[...]
+    return jnp.take_along_axis(logits, head[:, None], axis=1)[:, 0]  # every head is computed: there are 1 or 2
 
 
 class AnswerHead(nnx.Module):

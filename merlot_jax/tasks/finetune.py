@@ -20,7 +20,6 @@ checkpoint (ours or a converted original) loads into `MultipleChoiceModel.merlot
 from __future__ import annotations
 
 import dataclasses
-import math
 import pathlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
@@ -36,7 +35,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from merlot_jax import workdir as workdir_lib
 from merlot_jax.config import ConfigError, validate
 from merlot_jax.data.batch_spec import Field
-from merlot_jax.models.layers import dropout, gelu, param, truncated_normal
+from merlot_jax.models.heads import MultipleChoiceHead
 from merlot_jax.models.merlot import MerlotModel
 from merlot_jax.train import loop
 from merlot_jax.train import setup as setup_lib
@@ -80,31 +79,6 @@ def load_finetune_config(task: ml_collections.ConfigDict, checkpoint: str | path
                          ) -> ml_collections.ConfigDict:
   """`finetune_config` with the model of a params checkpoint (its config.json)."""
   return finetune_config(task, workdir_lib.load_config(checkpoint))
-
-
-class MultipleChoiceHead(nnx.Module):
-  """One or more scoring heads (stacked): [n, hidden] states + head index [n] -> float32 logits [n]."""
-
-  def __init__(self, hidden: int, num_heads: int, num_options: int, *, rngs: nnx.Rngs, init_std: float,
-               dropout_rate: float, dtype=jnp.float32):
-    mid = hidden // 2
-    prior = 1.0 / num_options
-    self.kernel0 = param(rngs, truncated_normal(init_std), (num_heads, hidden, mid), (None, 'embed', None))
-    self.bias0 = param(rngs, nnx.initializers.zeros, (num_heads, mid), (None, None))
-    self.kernel1 = param(rngs, truncated_normal(init_std), (num_heads, mid), (None, None))
-    self.bias1 = param(rngs, nnx.initializers.constant(-math.log((1 - prior) / prior)), (num_heads,), (None,))
-    self.dropout_rate, self.dtype = dropout_rate, dtype
-
-  def __call__(self, x: jax.Array, head: jax.Array, *, dropout_rng: jax.Array | None = None) -> jax.Array:
-    chex.assert_rank(x, 2)
-    chex.assert_shape(head, (x.shape[0],))
-    r0, r1 = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
-    x = dropout(x.astype(self.dtype), self.dropout_rate, r0)
-    h = jnp.einsum('nd,kdm->nkm', x, self.kernel0[...].astype(self.dtype)) + self.bias0[...].astype(self.dtype)
-    h = dropout(gelu(h), self.dropout_rate, r1)
-    logits = jnp.einsum('nkm,km->nk', h, self.kernel1[...].astype(self.dtype), preferred_element_type=jnp.float32)
-    logits = logits + self.bias1[...]
-    return jnp.take_along_axis(logits, head[:, None], axis=1)[:, 0]  # every head is computed: there are 1 or 2
 
 
 class MultipleChoiceModel(nnx.Module):
