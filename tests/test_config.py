@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from merlot_jax.config import ConfigError, default_config, load_config, model_sizes, validate
+from merlot_jax.config import CHOICES, ConfigError, default_config, load_config, model_sizes, validate
+from merlot_jax.data import frames
+from merlot_jax.models import transformer
 from merlot_jax.models.merlot import MerlotModel
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -60,6 +62,7 @@ IMPOSSIBLE = [
     ('objectives.mask_rate', {'objectives.mask_rate': 0.0}),
     ('objectives.mask_rate', {'objectives.mask_rate': 1.0}),
     ('train.global_batch_size', {'train.global_batch_size': 0}),
+    ('data.augment_mode', {'data.augment_mode': 'brightness'}),
 ]
 
 
@@ -199,3 +202,20 @@ def test_base_config_is_the_paper_model():
   assert tuple(m.image_size) == (192, 352) and tuple(m.resnet_blocks) == (3, 4, 9)
   assert (m.num_segments, m.segment_length, m.segments_per_group) == (16, 32, 4)
   assert m.vocab_size == 50370
+
+
+def test_every_enumeration_is_defined_once_and_checked():
+  """Each CHOICES field's default is one of its values, every value validates (cudnn needs bfloat16), and the
+  code that dispatches on the field knows exactly these values."""
+  for field, choices in CHOICES.items():
+    section, name = field.split('.')
+    assert default_config()[section][name] in choices, field
+    for value in choices:
+      c = _tiny()
+      c[section][name] = value
+      if value == 'cudnn':
+        c.model.dtype = 'bfloat16'
+      validate(c)
+  assert {'none', *transformer.REMAT_POLICIES} == set(CHOICES['model.remat_policy'])
+  assert frames.AUGMENT_MODES == CHOICES['data.augment_mode']
+
