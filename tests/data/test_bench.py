@@ -11,6 +11,7 @@ from merlot_jax.config import default_config
 from merlot_jax.data import bench
 from merlot_jax.data import frames as frames_lib
 from merlot_jax.train.flops import model_flops_per_example
+from tests.script_runner import run_script
 
 
 def _config():
@@ -121,3 +122,8 @@ def test_benchmark_runs_on_a_few_examples(tmp_path):
   report = bench.format_report(result)
   assert len(_host_lines(report)) == 2 * len(bench.HOST_VCPUS)
   assert report.splitlines()[-1].startswith('pipeline/decode ratio: ')
+
+
+def test_benchmark_script_data_prints_the_ratio_last(capsys):
+  assert run_script('benchmark.py', 'data', '--examples=2', '--frame_size=96,128', '--parallel_calls=1') == 0
+  assert re.fullmatch(r'pipeline/decode ratio: \d+\.\d{3}', capsys.readouterr().out.splitlines()[-1])

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from merlot_jax.train import bench, flops
+from tests.models.testlib import REPO
+from tests.script_runner import run_script
 from tests.train.batches import micro_config
 
 
@@ -94,3 +96,14 @@ def test_with_batch_scales_by_the_batch_devices():
   config = micro_config()
   assert bench.with_batch(config, 3).train.global_batch_size == 3 * jax.device_count()  # all devices on fsdp
   assert config.train.global_batch_size == 8
+
+
+def test_benchmark_script_times_a_config_and_refuses_a_missing_command(capsys):
+  """scripts/benchmark.py train as `make bench` runs it (shortened: one step, no depth compiles, no FLOP
+  check, a given peak)."""
+  assert run_script('benchmark.py', 'train', '--config', REPO / 'configs' / 'tiny.py', '--steps=1', '--depths=',
+                    '--skip_flop_check', '--peak_tflops=1') == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0].endswith(', global batch 8') and re.fullmatch(r'MFU: \d\.\d{4}', lines[-1]), lines
+  assert run_script('benchmark.py') == 1 and run_script('benchmark.py', 'both') == 1  # absl: usage, exit 1
+  assert 'give one command, data or train' in capsys.readouterr().err
