@@ -4,7 +4,7 @@ to those of a random order (merlot_jax/tasks/story_ordering.py has the method).
   python scripts/story_ordering.py --checkpoint CKPT --tokenizer spm.model --data synthetic:/tmp/corpus
   python scripts/story_ordering.py --checkpoint CKPT --tokenizer gpt2_dir --data vist:/data/vist --split val
 
-CKPT is a params checkpoint (scripts/convert_tf_checkpoint.py, or train.checkpoint.save_params).
+CKPT is a params checkpoint (scripts/convert_tf_checkpoint.py, or merlot_jax.workdir.save_params).
 """
 
 from absl import app, flags

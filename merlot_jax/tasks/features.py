@@ -37,7 +37,7 @@ from merlot_jax.preprocess.framed_segments import VideoInput, find_videos, proce
 
 
 class VideoSkipped(Exception):
-  """The video cannot be used; `reason` is one of data.video_segments.SKIP_REASONS."""
+  """The video cannot be used; `reason` is one of preprocess.framed_segments.SKIP_REASONS."""
 
   def __init__(self, reason: str, detail: str):
     super().__init__(f'{reason}: {detail}')
