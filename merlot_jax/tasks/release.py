@@ -11,6 +11,7 @@ whole clip for a malformed `ts`):
 
 from __future__ import annotations
 
+import abc
 import collections
 import dataclasses
 import io
@@ -104,12 +105,13 @@ class ReleaseBuilder(tfds.core.GeneratorBasedBuilder):
     """The builder config a task name's '/<config>' part selects (None: the default)."""
     return name
 
+  @abc.abstractmethod
   def _features(self) -> tfds.features.FeaturesDict:
-    raise NotImplementedError
+    """The features of one example."""
 
+  @abc.abstractmethod
   def _example(self, root: pathlib.Path, entry: dict, fallbacks: collections.Counter) -> tuple[str, dict]:
     """(key, example) of one annotation; raises Skipped, counts fallbacks used."""
-    raise NotImplementedError
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(features=self._features(), metadata=tfds.core.MetadataDict())

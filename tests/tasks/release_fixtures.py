@@ -98,3 +98,10 @@ def write_tvqa_subtitles(root: pathlib.Path, vid_name: str, cues: Sequence[tuple
   path = root / 'tvqa_subtitles' / f'{vid_name}.srt'
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(srt(cues))
+
+
+def written_release(tmp_path_factory, name: str, write) -> tuple[pathlib.Path, str]:
+  """(root, TFDS data dir) of a release that `write(root)` puts in a fresh folder, for module fixtures."""
+  root = tmp_path_factory.mktemp(name)
+  write(root)
+  return root, str(tmp_path_factory.mktemp('tfds'))

@@ -20,28 +20,10 @@ from merlot_jax.workdir import load_config as load_workdir_config
 from merlot_jax.workdir import save_params
 from tests.script_runner import run_script
 from tests.tasks import release_fixtures as rf
+from tests.tasks.word_tokenizer import WordTokenizer
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 COLOURS = {'red': (220, 30, 30), 'green': (30, 200, 40), 'blue': (30, 40, 220), 'yellow': (230, 220, 30)}
-
-
-class WordTokenizer:
-  """Whitespace words -> ids 100 + their index in a fixed vocabulary."""
-
-  name = 'test-words'
-
-  def __init__(self, words):
-    self.ids = {w: 100 + i for i, w in enumerate(words)}
-    self.vocab_size = 100 + len(words)
-
-  def encode(self, text: str) -> list[int]:
-    return [self.ids[w] for w in text.split()]
-
-  def decode(self, ids) -> str:
-    inverse = {v: k for k, v in self.ids.items()}
-    return ' '.join(inverse[i] for i in ids if i >= 100)
-
-
 WORDS = ['what', 'colour', 'is', 'it', 'why', 'because', 'hi', 'there', 'a', 'b', 'c', 'd', 'e', *COLOURS]
 
 

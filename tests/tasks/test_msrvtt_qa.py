@@ -27,27 +27,11 @@ from merlot_jax.tasks import msrvtt_qa, open_qa
 from merlot_jax.workdir import save_params
 from tests.models.testlib import REPO, build_random
 from tests.script_runner import run_script
+from tests.tasks.word_tokenizer import WordTokenizer
 
 COLOURS = {'red': (220, 30, 30), 'green': (30, 200, 40), 'blue': (30, 40, 220), 'yellow': (230, 220, 30)}
 WORDS = ['what', 'colour', 'is', 'it', 'who', 'runs', 'a', 'man']
 FPS = 10
-
-
-class WordTokenizer:
-  """Whitespace words -> ids 100 + their index in a fixed vocabulary."""
-
-  name = 'test-words'
-
-  def __init__(self, words=WORDS):
-    self.ids = {w: 100 + i for i, w in enumerate(words)}
-    self.vocab_size = 100 + len(words)
-
-  def encode(self, text: str) -> list[int]:
-    return [self.ids[w] for w in text.split()]
-
-  def decode(self, ids) -> str:
-    inverse = {v: k for k, v in self.ids.items()}
-    return ' '.join(inverse[i] for i in ids if i >= 100)
 
 
 def write_colour_video(path: pathlib.Path, rgb, seed: int, num_frames: int = 10, size=(48, 64)) -> None:
@@ -152,7 +136,7 @@ def test_skips_are_counted_per_reason_and_logged(release, caplog):
 def test_batches_hold_frames_question_and_answer_index(release):
   config = tiny_task(num_frames=2, num_answers=3)
   split = msrvtt_qa.load_split(release, 'train', num_frames=2)
-  tok = WordTokenizer()
+  tok = WordTokenizer(WORDS)
   (batch,) = msrvtt_qa.qa_batches(split.usable, split, ('man', 'red', 'cat'), config, tok, 8)
   h, w = config.model.image_size
   assert batch['images'].shape == (8, 2, h, w, 3) and batch['images'].dtype == np.uint8
@@ -258,7 +242,7 @@ def test_finetunes_tiny_model_above_chance(tmp_path):
   steps = 40
   config = tiny_task(num_frames=2, num_answers=6, steps=steps, batch=8, lr=3e-3)
   save_params(tmp_path / 'init', build_random(lambda: MerlotModel(config.model, rngs=nnx.Rngs(params=0)), 3), config)
-  tok, work = WordTokenizer(), tmp_path / 'work'
+  tok, work = WordTokenizer(WORDS), tmp_path / 'work'
   state, vocabulary = msrvtt_qa.finetune(config, tmp_path / 'release', work, tok, init_checkpoint=tmp_path / 'init',
                                          progress=False, devices=jax.devices()[:1])
   assert int(state.step) == steps and set(vocabulary) == set(COLOURS)

@@ -88,9 +88,7 @@ def write_release(root: pathlib.Path) -> None:
 
 @pytest.fixture(scope='module')
 def release(tmp_path_factory) -> tuple[pathlib.Path, str]:
-  root = tmp_path_factory.mktemp('tvqa_release')
-  write_release(root)
-  return root, str(tmp_path_factory.mktemp('tfds'))
+  return rf.written_release(tmp_path_factory, 'tvqa_release', write_release)
 
 
 def test_builder_selects_the_window_and_counts_skips(release):

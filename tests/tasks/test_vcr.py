@@ -140,9 +140,7 @@ def write_release(root: pathlib.Path) -> None:
 
 @pytest.fixture(scope='module')
 def release(tmp_path_factory) -> tuple[pathlib.Path, str]:
-  root = tmp_path_factory.mktemp('vcr_release')
-  write_release(root)
-  return root, str(tmp_path_factory.mktemp('tfds'))
+  return rf.written_release(tmp_path_factory, 'vcr_release', write_release)
 
 
 def by_id(problems):
