@@ -23,21 +23,26 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / 'shared'
+TESTS = REPO / 'tests'
 sys.path.insert(0, str(REPO))
 
 
 @pytest.fixture(scope='session')
-def shared_dir() -> pathlib.Path:
-  """../shared beside the checkout (golden TF outputs and sample transcripts)."""
-  if not SHARED.is_dir():
-    raise FileNotFoundError(f'{SHARED} is missing: the tests need ../shared beside the repository')
-  return SHARED
+def golden_dir() -> pathlib.Path:
+  """The original TF model's variables, inputs and outputs on a tiny config (tests/golden/README.md)."""
+  return TESTS / 'golden' / 'tf_reference_A'
 
 
 @pytest.fixture(scope='session')
-def golden_dir(shared_dir) -> pathlib.Path:
-  return shared_dir / 'golden' / 'tf_reference_A'
+def base_variables_file() -> pathlib.Path:
+  """Every variable of the paper's model, as the original TF code creates it (tests/golden/README.md)."""
+  return TESTS / 'golden' / 'merlot_base_variables.txt'
+
+
+@pytest.fixture(scope='session')
+def youtube_sample() -> pathlib.Path:
+  """A real YouTube video's transcripts, as a path prefix: add '.en.vtt' or '.grover.json' (tests/samples/README.md)."""
+  return TESTS / 'samples' / 'youtube_WAaKRUoY6Io' / 'WAaKRUoY6Io'
 
 
 # The longest test files, longest first: under `pytest -n 2 --dist loadfile` each worker takes the next

@@ -1,6 +1,6 @@
 """Numerical parity with the original TF MERLOT on a reference folder (config, variables, inputs, outputs).
 
-A reference folder has the layout of ../shared/golden/tf_reference_A: `config.json` (the original's
+A reference folder has the layout of tests/golden/tf_reference_A: `config.json` (the original's
 `model:` keys), `variables.npz` (TF variable name -> array), `inputs.npz` and `outputs.npz` (see its
 README for what each output is). `model_outputs` computes every output key with merlot_jax in float32.
 """

@@ -215,7 +215,7 @@ def test_script_needs_every_file(other_reference, tmp_path, capsys):
     _run_in_process(partial, capsys)
 
 
-def test_golden_reference_a_passes(golden_run):
+def test_golden_reference_a_passes(golden_run, golden_dir):
   out, err = golden_run.communicate(timeout=600)
   assert golden_run.returncode == 0, (out[-3000:], err[-3000:])
   last = out.strip().splitlines()[-1]
@@ -223,6 +223,6 @@ def test_golden_reference_a_passes(golden_run):
   assert match, last
   assert float(match.group(1)) < 1e-4
   assert 'PROBLEM' not in out
-  golden_keys = set(np.load(REPO.parent / 'shared' / 'golden' / 'tf_reference_A' / 'outputs.npz').files)
+  golden_keys = set(np.load(golden_dir / 'outputs.npz').files)
   for key in golden_keys - set(parity.DRAW_KEYS):  # every key is compared, none skipped
     assert re.search(rf'^{re.escape(key)}\s+\d', out, re.M), key

@@ -77,9 +77,9 @@ def scripts_running(ckpt_prefix, reference_config_file, tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def base_variables(shared_dir):
+def base_variables(base_variables_file):
   """merlot_base_variables.txt: (total from the first line, {name: shape})."""
-  lines = (shared_dir / 'golden' / 'merlot_base_variables.txt').read_text().splitlines()
+  lines = base_variables_file.read_text().splitlines()
   total = int(re.match(r'total_params:\s*(\d+)', lines[0]).group(1))
   shapes = {}
   for line in lines[1:]:

@@ -1,5 +1,5 @@
 """The original TF variable names <-> merlot_jax parameter paths, written for the tests from
-../shared/golden/tf_reference_A/README.md and merlot_base_variables.txt, independently of
+tests/golden/tf_reference_A/README.md and merlot_base_variables.txt, independently of
 merlot_jax.convert.tf_checkpoint (so a wrong converter entry is caught, not copied).
 
 Layout transforms (README): per-layer variables `layerNN/...` are stacked on a leading axis; the 1x1

@@ -53,9 +53,9 @@ def test_special_ids_match_the_original():
 
 
 @pytest.fixture(scope='module')
-def corpus(shared_dir, tmp_path_factory):
+def corpus(youtube_sample, tmp_path_factory):
   """The sample's clean transcript, one sentence per line."""
-  grover = json.loads((shared_dir / 'samples/youtube_WAaKRUoY6Io/WAaKRUoY6Io.grover.json').read_text())
+  grover = json.loads(youtube_sample.with_suffix('.grover.json').read_text())
   text = ' '.join(d['cleanasr'] for d in grover['denoised'])
   sentences = [s.strip() + '.' for s in text.split('.') if s.strip()]
   path = tmp_path_factory.mktemp('corpus') / 'text.txt'

@@ -381,9 +381,9 @@ def test_preprocess_script_passes_unknown_arguments_to_beam_only(hand_videos, to
   assert len(calls) == 1 and not (tmp_path / 'data').exists()
 
 
-def test_real_youtube_transcript_with_denoised_text(shared_dir, tmp_path):
+def test_real_youtube_transcript_with_denoised_text(youtube_sample, tmp_path):
   """The sample video's YouTube VTT and .grover.json (denoised text), over a stand-in video of its length."""
-  sample = shared_dir / 'samples' / 'youtube_WAaKRUoY6Io'
+  sample = youtube_sample.parent
   videos = tmp_path / 'videos'
   videos.mkdir()
   for suffix in ('.en.vtt', '.grover.json'):

@@ -100,8 +100,8 @@ def test_edge_cases():
     make_segments(_words('a'), TOK, max_tokens=1)
 
 
-def test_sample_segments_keep_every_word(shared_dir):
-  sample = shared_dir / 'samples/youtube_WAaKRUoY6Io/WAaKRUoY6Io'
+def test_sample_segments_keep_every_word(youtube_sample):
+  sample = youtube_sample
   raw = load_transcript(sample.with_suffix('.en.vtt'))
   clean = align_clean_words(raw, load_denoised(sample.with_suffix('.grover.json')))
   segments = make_segments(raw, TOK, clean_words=clean)

@@ -17,8 +17,6 @@ from merlot_jax.preprocess.transcripts import (
   load_transcript,
 )
 
-SAMPLE = 'samples/youtube_WAaKRUoY6Io/WAaKRUoY6Io'
-
 
 def _timed(words):
   return [(w.text, pytest.approx(w.start, abs=1e-9), pytest.approx(w.end, abs=1e-9)) for w in words]
@@ -29,9 +27,9 @@ def _write(path, data: bytes):
   return path
 
 
-def test_sample_vtt_matches_grover_subtitles(shared_dir):
-  words = load_transcript(shared_dir / f'{SAMPLE}.en.vtt')
-  grover = json.loads((shared_dir / f'{SAMPLE}.grover.json').read_text())['subtitles']
+def test_sample_vtt_matches_grover_subtitles(youtube_sample):
+  words = load_transcript(youtube_sample.with_suffix('.en.vtt'))
+  grover = json.loads((youtube_sample.with_suffix('.grover.json')).read_text())['subtitles']
   # The original's scraper dropped one word: "sweetness", a caption line without word-time tags
   # (cue 00:03:08.380 --> 00:03:11.080). Every other word and start time agrees; the "[Music]" cues give
   # no words.
@@ -46,9 +44,9 @@ def test_sample_vtt_matches_grover_subtitles(shared_dir):
   assert words[-1].end == pytest.approx(250.23)  # 'protip', the end of cue 00:04:04.000 --> 00:04:10.230
 
 
-def test_grover_json_subtitles(shared_dir):
-  words = load_transcript(shared_dir / f'{SAMPLE}.grover.json')
-  grover = json.loads((shared_dir / f'{SAMPLE}.grover.json').read_text())['subtitles']
+def test_grover_json_subtitles(youtube_sample):
+  words = load_transcript(youtube_sample.with_suffix('.grover.json'))
+  grover = json.loads((youtube_sample.with_suffix('.grover.json')).read_text())['subtitles']
   assert [(w.text, w.start) for w in words] == [(g['word'], g['time']) for g in grover]
   assert [w.end for w in words[:-1]] == [g['time'] for g in grover[1:]]  # a word ends at the next start
   assert words[-1].end == words[-1].start
@@ -125,8 +123,8 @@ def test_missing_file(tmp_path):
     load_transcript(tmp_path / 'gone.vtt')
 
 
-def test_load_denoised(shared_dir, tmp_path):
-  texts = load_denoised(shared_dir / f'{SAMPLE}.grover.json')
+def test_load_denoised(youtube_sample, tmp_path):
+  texts = load_denoised(youtube_sample.with_suffix('.grover.json'))
   assert len(texts) == 2
   assert texts[0].startswith('Guys, this is a delicious sweet onion tomato sauce.')
   assert texts[1].endswith('So there you go. Easy dish, protip.')
@@ -170,9 +168,9 @@ def test_align_drops_runaway_clean_text():
   assert align_clean_words([], ['a b']) == [] and align_clean_words(_raw('a'), ['  ']) == []
 
 
-def test_align_sample(shared_dir):
-  raw = load_transcript(shared_dir / f'{SAMPLE}.en.vtt')
-  clean_texts = load_denoised(shared_dir / f'{SAMPLE}.grover.json')
+def test_align_sample(youtube_sample):
+  raw = load_transcript(youtube_sample.with_suffix('.en.vtt'))
+  clean_texts = load_denoised(youtube_sample.with_suffix('.grover.json'))
   clean = align_clean_words(raw, clean_texts)
   assert clean == _reference_alignment(raw, ' '.join(clean_texts).split())
   assert len(clean) == 642
