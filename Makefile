@@ -1,10 +1,16 @@
 # merlot_jax: every target creates and uses the project's own virtual environment (.venv).
-PYTHON ?= python3
+# The venv's Python: PYTHON=/path/to/python if given, else the first Python >= 3.12 among python3.12 on PATH,
+# pyenv's installed 3.12.x, python3.13, pyenv's 3.13.x and python3 (the lock is tested on 3.12).
+PYENV_ROOT ?= $(HOME)/.pyenv
+PYTHON_CANDIDATES := python3.12 $(sort $(wildcard $(PYENV_ROOT)/versions/3.12*/bin/python3)) \
+  python3.13 $(sort $(wildcard $(PYENV_ROOT)/versions/3.13*/bin/python3)) python3
+PYTHON ?= $(firstword $(foreach p,$(PYTHON_CANDIDATES),$(shell $(p) -c 'import sys; sys.exit(sys.version_info < (3, 12))' \
+  >/dev/null 2>&1 && echo $(p))))
 VENV := .venv
 PY := $(VENV)/bin/python
 # ACCEL=cpu|tpu|cuda picks the jax backend `setup` installs. cpu (what CI runs) and tpu: ".[dev,tpu]"; the CPU venv
 # keeps libtpu, as before, because TPU AOT compiles (make aot, tests/test_aot.py) use its compile-only devices on any
-# host. cuda: ".[dev,cuda]" (CUDA 12 wheels pinned by requirements-cuda.lock, no libtpu). Unset, ACCEL stays what the
+# host. cuda: ".[dev,cuda]" (CUDA 13 wheels pinned by requirements-cuda.lock, no libtpu). Unset, ACCEL stays what the
 # venv was set up with (cpu for a new one), so that `make test` after `make setup ACCEL=cuda` keeps the CUDA venv.
 ACCEL ?= $(or $(patsubst $(VENV)/.installed-%,%,$(firstword $(wildcard $(VENV)/.installed-*))),cpu)
 ifeq ($(filter $(ACCEL),cpu tpu cuda),)
@@ -17,8 +23,8 @@ LOCKS_cpu := requirements.lock
 LOCKS_tpu := requirements.lock
 LOCKS_cuda := requirements.lock requirements-cuda.lock
 # The jax plugins of the other choice, removed when a venv switches ACCEL (pip install never removes a package).
-PLUGINS_cpu := jax-cuda12-plugin jax-cuda12-pjrt
-PLUGINS_tpu := jax-cuda12-plugin jax-cuda12-pjrt
+PLUGINS_cpu := jax-cuda13-plugin jax-cuda13-pjrt
+PLUGINS_tpu := jax-cuda13-plugin jax-cuda13-pjrt
 PLUGINS_cuda := libtpu
 STAMP := $(VENV)/.installed-$(ACCEL)
 TEST_ENV := JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 TF_CPP_MIN_LOG_LEVEL=2
@@ -31,6 +37,8 @@ setup: $(STAMP)
 
 # One stamp per ACCEL: switching ACCEL (or editing the pins) reinstalls.
 $(STAMP): pyproject.toml $(LOCKS_$(ACCEL))
+	@test -n "$(PYTHON)" || { echo "make setup: no Python >= 3.12 found (tried $(PYTHON_CANDIDATES))." \
+	  "Install one (e.g. 'pyenv install 3.12' or your OS's python3.12) or name it: make setup PYTHON=/path/to/python3.12" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip==26.3
 	$(PY) -m pip uninstall -qq --yes $(PLUGINS_$(ACCEL))

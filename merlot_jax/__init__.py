@@ -1,7 +1,7 @@
 """merlot_jax: MERLOT (Zellers et al., NeurIPS 2021) in JAX / Flax NNX.
 
 Notebook entry points:
-  config = merlot_jax.load_config('configs/tiny.py')
+  config = merlot_jax.load_config('tiny')           # by name, from anywhere; or a config file's path
   model = merlot_jax.build_model(config)            # or: model, config = merlot_jax.load_pretrained(CKPT)
   out = model(images, input_ids)  # MerlotOutput: per-segment frame/transcript embeddings, hidden states
   features = merlot_jax.extract_features(model, config, tokenizer, 'clip.mp4')  # a whole video, per segment

@@ -7,8 +7,11 @@ every config before use so that an impossible setting fails at once with the fie
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import importlib.util
+import os
 import pathlib
+import pkgutil
 
 import ml_collections
 
@@ -212,14 +215,28 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
-def load_config(path: str | pathlib.Path) -> ml_collections.ConfigDict:
-  """Loads `get_config()` from a config file and validates it."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f'config file {path} does not exist')
-  spec = importlib.util.spec_from_file_location(f'_merlot_config_{path.stem}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+def config_names() -> list[str]:
+  """The configs that `load_config` finds by name: configs/*.py, installed as merlot_jax.configs."""
+  import merlot_jax.configs  # noqa: PLC0415 - the package only, its modules on demand
+
+  return sorted(m.name for m in pkgutil.iter_modules(merlot_jax.configs.__path__))
+
+
+def load_config(name_or_path: str | os.PathLike) -> ml_collections.ConfigDict:
+  """`get_config()` of a config, validated: by name ('tiny', 'base', 'demo', 'finetune_vcr', ...: see
+  `config_names()`), from any directory, or from a config file's path."""
+  text = os.fspath(name_or_path)
+  if text in config_names():
+    module = importlib.import_module(f'merlot_jax.configs.{text}')
+    where = f'merlot_jax.configs.{text}'
+  else:
+    path = pathlib.Path(text)
+    if not path.is_file():
+      raise FileNotFoundError(f'config {text!r}: no such file, and not a config name (one of {config_names()})')
+    spec = importlib.util.spec_from_file_location(f'_merlot_config_{path.stem}', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    where = str(path)
   if not hasattr(module, 'get_config'):
-    raise ConfigError(f'{path} has no get_config() function')
+    raise ConfigError(f'{where} has no get_config() function')
   return validate(module.get_config())

@@ -18,8 +18,8 @@ import ml_collections
 from flax import nnx
 
 from merlot_jax import workdir
+from merlot_jax.checkpoint import as_path
 from merlot_jax.models.merlot import MerlotModel
-from merlot_jax.train.checkpoint import as_path
 
 ConfigFn = Callable[[ml_collections.ConfigDict], ml_collections.ConfigDict]
 

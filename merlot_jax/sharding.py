@@ -79,8 +79,8 @@ def param_shardings(state: nnx.State, mesh: Mesh) -> nnx.State:
   """NamedShardings for every variable of an (abstract) NNX state, from its `out_sharding` names."""
 
   def one(var):
-    names = getattr(var, 'out_sharding', None) or (None,) * var.value.ndim
-    return NamedSharding(mesh, logical_to_spec(names, var.value.shape, mesh))
+    names = getattr(var, 'out_sharding', None) or (None,) * var.get_value().ndim
+    return NamedSharding(mesh, logical_to_spec(names, var.get_value().shape, mesh))
 
   return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 

@@ -2,14 +2,15 @@
 
   workdir/                    (scripts/pretrain.py, scripts/finetune.py: written by train.loop.train)
     config.json               the run's config; config.until_step_<S>.json: earlier stretches of it
-    checkpoints/<step>/state  the TrainState (Orbax; train/checkpoint.py), <step>/data the data positions
+    checkpoints/<step>/state  the TrainState (Orbax; merlot_jax/checkpoint.py), <step>/data the data positions
     train/, eval/             TensorBoard event files (train/metrics.py)
   params checkpoint/          (save_params, scripts/convert_tf_checkpoint.py)
     config.json               the config the model is rebuilt from
     params/                   the model's parameters (Orbax pytree of the NNX Param state as a pure dict)
 
 Orbax writes to a temporary directory and renames it when complete, and config.json is replaced
-atomically, so a crash never leaves a half-written checkpoint or config.
+atomically, so a crash never leaves a half-written checkpoint or config. Every path goes through
+etils.epath (merlot_jax/checkpoint.py's `as_path`), so a workdir may be a gs:// URL.
 
 A resumed run must train what the checkpoint was trained for: a different model, objective, optimizer,
 data or global batch size would silently change the run (or fail deep inside a restore), so it stops
@@ -23,23 +24,24 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pathlib
-import shutil
 from typing import Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
+from merlot_jax.checkpoint import TrainCheckpointer, as_path
 from merlot_jax.config import ConfigError, default_config, validate
-from merlot_jax.train.checkpoint import TrainCheckpointer, as_path
 
 CONFIG_FILE = 'config.json'
 CHECKPOINTS_DIR = 'checkpoints'
 PARAMS_DIR = 'params'
 # Fields whose change makes a resumed run a different run (prefixes of dotted names).
 RUN_DEFINING = ('model.', 'objectives.', 'optim.', 'data.', 'finetune.', 'train.global_batch_size')
+
+log = logging.getLogger(__name__)
 
 
 class ConfigChangeError(ConfigError):
@@ -62,7 +64,7 @@ def config_changes(saved: ml_collections.ConfigDict, new: ml_collections.ConfigD
   return [(k, old.get(k), cur.get(k)) for k in sorted(old.keys() | cur.keys()) if old.get(k) != cur.get(k)]
 
 
-def _write(path: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+def _write(path: epath.Path, config: ml_collections.ConfigDict) -> None:
   tmp = path.with_name(path.name + '.tmp')
   tmp.write_text(config.to_json(indent=1))
   tmp.replace(path)
@@ -94,7 +96,7 @@ def check_and_write_config(workdir: str | os.PathLike, config: ml_collections.Co
   path = as_path(workdir) / CONFIG_FILE
   if resumed_step is None or not path.is_file():
     if resumed_step is not None:
-      logging.warning('%s is missing: resuming at step %d without a config to check against', path, resumed_step)
+      log.warning('%s is missing: resuming at step %d without a config to check against', path, resumed_step)
     if write:
       _write(path, config)
     return
@@ -109,9 +111,9 @@ def check_and_write_config(workdir: str | os.PathLike, config: ml_collections.Co
         f'({", ".join(defining)}). Differing fields (saved -> new):\n{listed}\n'
         'Only train.total_steps and the logging, evaluation and checkpoint intervals may change on resume; '
         'use a new workdir, or pass --config_override_ok to resume with these changes anyway.')
-  logging.warning('resuming at step %d with config changes (saved -> new):\n%s', resumed_step, listed)
+  log.warning('resuming at step %d with config changes (saved -> new):\n%s', resumed_step, listed)
   if write:  # config.json exists throughout, for the other processes reading it
-    shutil.copyfile(os.fspath(path), os.fspath(path.with_name(f'config.until_step_{resumed_step}.json')))
+    path.copy(path.with_name(f'config.until_step_{resumed_step}.json'), overwrite=True)
     _write(path, config)
 
 

@@ -16,12 +16,12 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # the TPU is only a compile targe
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
+from merlot_jax import flags as flags_lib
 from merlot_jax.config import validate  # noqa: E402
 from merlot_jax.train import aot  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'config file (configs/*.py)', lock_config=False)
+_CONFIG = flags_lib.define_config(None, 'config name (configs/NAME.py) or file')
 _TOPOLOGY = flags.DEFINE_string('topology', None, 'TPU slice: v3-1024, v4-256, v5e-256 (v5litepod-256), v5p-512, '
                                 'or libtpu form such as v5e:2x2')
 _UNROLLED_COST = flags.DEFINE_bool(
@@ -41,5 +41,10 @@ def main(argv) -> None:
   print(report.format())
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console entry point (pyproject.toml's [project.scripts])."""
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

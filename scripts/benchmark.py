@@ -19,8 +19,8 @@ and times nothing.
 import copy
 
 from absl import app, flags
-from ml_collections import config_flags
 
+from merlot_jax import flags as flags_lib
 from merlot_jax.config import validate
 from merlot_jax.data import bench
 
@@ -28,7 +28,7 @@ COMMANDS = ('data', 'train')
 _EXAMPLES = flags.DEFINE_integer('examples', 128, 'data: examples timed per measurement')
 _FRAME_SIZE = flags.DEFINE_list('frame_size', ['384', '512'], 'data: HEIGHT,WIDTH of the stored JPEG frames')
 _PARALLEL_CALLS = flags.DEFINE_integer('parallel_calls', None, 'data: parallel decodes (default: cores)')
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'train: config file (configs/*.py)', lock_config=False)
+_CONFIG = flags_lib.define_config(None, 'train: config name (configs/NAME.py) or file')
 _STEPS = flags.DEFINE_integer('steps', 5, 'train: timed steps')
 _DEPTHS = flags.DEFINE_list('depths', ['4', '12'], 'train: vision/joint depths whose compile time is measured')
 _PEAK_TFLOPS = flags.DEFINE_float('peak_tflops', None, 'train: peak TFLOP/s per device for MFU (default: the GPU '
@@ -78,5 +78,10 @@ def main(argv: list[str]) -> None:
     run_train()
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console entry point (pyproject.toml's [project.scripts])."""
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

@@ -1,6 +1,6 @@
 """Compares merlot_jax with the original TF MERLOT on a reference folder; exits non-zero on a mismatch.
 
-  python scripts/check_tf_parity.py ../shared/golden/tf_reference_A [--tolerance 1e-4]
+  python scripts/check_tf_parity.py tests/golden/tf_reference_A [--tolerance 1e-4]
 
 The folder holds config.json, variables.npz, inputs.npz and outputs.npz. Prints, for every output key of the
 reference, the max absolute error and max |reference| (integer and boolean keys exactly); the last line is
@@ -37,5 +37,10 @@ def main(argv: list[str]) -> int:
   return 1 if problems or worst.relative > _TOLERANCE.value else 0
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console entry point (pyproject.toml's [project.scripts])."""
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

@@ -8,15 +8,14 @@ global_step are skipped; unknown or missing variables stop the conversion with t
 
 from absl import app
 from flax import nnx
-from ml_collections import config_flags
 
+from merlot_jax import flags as flags_lib
 from merlot_jax.config import validate
 from merlot_jax.convert.tf_checkpoint import convert_variables, read_tf_checkpoint
 from merlot_jax.models.merlot import MerlotModel
 from merlot_jax.workdir import save_params
 
-_CONFIG = config_flags.DEFINE_config_file('config', 'configs/base.py', 'config whose model matches the checkpoint',
-                                          lock_config=False)
+_CONFIG = flags_lib.define_config('base', 'config whose model matches the checkpoint')
 
 
 def main(argv: list[str]) -> None:
@@ -32,5 +31,10 @@ def main(argv: list[str]) -> None:
   print(f'converted {len(variables)} TF variables into {out_dir}')
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console entry point (pyproject.toml's [project.scripts])."""
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

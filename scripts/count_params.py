@@ -7,12 +7,12 @@ import jax
 import numpy as np
 from absl import app, flags
 from flax import nnx
-from ml_collections import config_flags
 
+from merlot_jax import flags as flags_lib
 from merlot_jax.config import validate
 from merlot_jax.models.merlot import build_model
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'config file (configs/*.py)', lock_config=False)
+_CONFIG = flags_lib.define_config(None, 'config name (configs/NAME.py) or file')
 flags.mark_flags_as_required(['config'])
 
 
@@ -32,5 +32,10 @@ def main(argv: list[str]) -> None:
   print(f'total parameters: {sum(by_top.values())}')
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console entry point (pyproject.toml's [project.scripts])."""
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

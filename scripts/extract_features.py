@@ -38,5 +38,10 @@ def main(argv: list[str]) -> None:
     print(f'  skipped {s["video"]}: {s["detail"]}')
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console entry point (pyproject.toml's [project.scripts])."""
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

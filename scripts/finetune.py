@@ -10,19 +10,18 @@ WORKDIR/checkpoints; the eval split's accuracies are printed next to chance, wit
 """
 
 import functools
-import pathlib
+import os
 
 from absl import app, flags
-from ml_collections import config_flags
 
+from merlot_jax import flags as flags_lib
 from merlot_jax.config import validate
 from merlot_jax.data.tokenizer import check_vocab, load_tokenizer
 from merlot_jax.tasks import finetune as ft
 from merlot_jax.tasks import mc_data, msrvtt_qa
 from merlot_jax.train import logs
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/finetune_{vcr,tvqa,msrvtt_qa}.py',
-                                          lock_config=False)
+_CONFIG = flags_lib.define_config(None, 'finetune_vcr, finetune_tvqa or finetune_msrvtt_qa, or a config file')
 _INIT = flags.DEFINE_string('init', None, 'params checkpoint directory (config.json + params/)')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'checkpoints, TensorBoard events and config.json go here')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'the release root, as unpacked')
@@ -71,10 +70,15 @@ def main(argv: list[str]) -> None:
   tokenizer = load_tokenizer(_TOKENIZER.value)
   check_vocab(tokenizer, config)
   run = finetune_msrvtt_qa if config.finetune.task == 'msrvtt_qa' else finetune_multiple_choice
-  with logs.library_info_to_file(pathlib.Path(_WORKDIR.value) / 'log.txt'):
+  with logs.library_info_to_file(os.path.join(_WORKDIR.value, 'log.txt')):
     summary = run(config, tokenizer)
   print(summary)
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console entry point (pyproject.toml's [project.scripts])."""
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

@@ -33,5 +33,10 @@ def main(argv: list[str]) -> None:
                     'stories': info['stories']}))
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console entry point (pyproject.toml's [project.scripts])."""
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

@@ -13,10 +13,10 @@ formats. MSRVTT-QA: msrvtt_qa_<split>.json (accuracy next to chance, skip counts
 from absl import app, flags
 
 from merlot_jax import workdir
+from merlot_jax.checkpoint import as_path
 from merlot_jax.data.tokenizer import check_vocab, load_tokenizer
 from merlot_jax.tasks import leaderboard, msrvtt_qa, open_qa
 from merlot_jax.train import logs
-from merlot_jax.train.checkpoint import as_path
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'the finetuning workdir (config.json + checkpoints/)')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'the release root, as unpacked')
@@ -61,5 +61,10 @@ def main(argv: list[str]) -> None:
   print(f'written to {out}')
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console entry point (pyproject.toml's [project.scripts])."""
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

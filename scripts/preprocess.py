@@ -59,5 +59,10 @@ def main(argv: list[str]) -> None:
   tfds_merlot.write_metadata(_OUT.value)
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console entry point (pyproject.toml's [project.scripts])."""
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == '__main__':
+  run()

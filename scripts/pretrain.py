@@ -6,15 +6,15 @@
 
 import jax
 from absl import app, flags
-from ml_collections import config_flags
 
+from merlot_jax import flags as flags_lib
+from merlot_jax.checkpoint import as_path
 from merlot_jax.config import validate
 from merlot_jax.data.pipeline import make_dataset
 from merlot_jax.pretraining.task import PRETRAINING
 from merlot_jax.train import logs, loop
-from merlot_jax.train.checkpoint import as_path
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'config file (configs/*.py)', lock_config=False)
+_CONFIG = flags_lib.define_config(None, 'config name (configs/NAME.py) or file')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'checkpoints, TensorBoard events and config.json go here')
 _DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'multi-host run (TPU pod): jax.distributed.initialize() '
                                   'with the coordinator auto-detected')
@@ -59,5 +59,10 @@ def main(argv: list[str]) -> None:
                config_override_ok=_OVERRIDE.value)
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console entry point (pyproject.toml's [project.scripts])."""
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

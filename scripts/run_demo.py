@@ -11,8 +11,8 @@ import logging
 import pathlib
 
 from absl import app, flags
-from ml_collections import config_flags
 
+from merlot_jax import flags as flags_lib
 from merlot_jax.config import validate
 from merlot_jax.data.pipeline import make_dataset
 from merlot_jax.data.tokenizer import load_tokenizer, train_sentencepiece
@@ -23,10 +23,11 @@ from merlot_jax.tasks import story_data
 from merlot_jax.tasks import story_ordering as so
 from merlot_jax.train import logs, loop, setup
 
-_CONFIG = config_flags.DEFINE_config_file('config', 'configs/demo.py', 'config file', lock_config=False)
+_CONFIG = flags_lib.define_config('demo', 'config name (configs/NAME.py) or file')
 _WORKDIR = flags.DEFINE_string('workdir', 'workdir/demo', 'everything the run makes goes here')
 _VIDEOS = flags.DEFINE_integer('videos', 300, 'synthetic videos (10% held out)')
 _SEED = flags.DEFINE_integer('seed', 0, 'synthetic corpus seed')
+_LOG = logging.getLogger('merlot_jax.scripts.run_demo')  # not __name__ ('__main__' when run as a file): train/logs.py
 _VOCAB = flags.DEFINE_integer('vocab_size', 400, 'SentencePiece pieces (soft limit)')
 
 
@@ -34,7 +35,7 @@ def prepare_data(config, root: pathlib.Path) -> None:
   """Corpus videos, tokenizer and preprocessed shards under root (kept between runs)."""
   videos = root / 'synthetic'
   if not (videos / 'synthetic.json').is_file():
-    logging.info('writing %d synthetic videos to %s', _VIDEOS.value, videos)
+    _LOG.info('writing %d synthetic videos to %s', _VIDEOS.value, videos)
     synthetic.make_corpus(videos, _VIDEOS.value, _SEED.value)
   spm = root / 'tokenizer' / 'spm.model'
   if not spm.is_file():
@@ -43,7 +44,7 @@ def prepare_data(config, root: pathlib.Path) -> None:
                            videos_per_shard=32)
   for split in ('train', 'heldout'):
     manifest = corpus.write_corpus(str(videos / 'videos' / split), str(root / 'corpus' / split), str(spm), options)
-    logging.info('%s corpus: %d examples from %d videos (%d skipped)', split, manifest['examples'],
+    _LOG.info('%s corpus: %d examples from %d videos (%d skipped)', split, manifest['examples'],
                  manifest['videos'], len(manifest['skipped_videos']))
     if manifest['examples'] < config.train.global_batch_size:
       raise app.UsageError(f'the {split} corpus in {root / "corpus" / split} has {manifest["examples"]} examples, '
@@ -64,10 +65,11 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   root = pathlib.Path(_WORKDIR.value)
   with logs.library_info_to_file(root / 'log.txt'):
-    run(root, _CONFIG.value)
+    run_demo(root, _CONFIG.value)
 
 
-def run(root: pathlib.Path, config) -> None:
+def run_demo(root: pathlib.Path, config) -> None:
+  """Corpus and tokenizer -> pretraining -> heldout evaluation, chance levels, curves and summary."""
   prepare_data(config, root)
   config.model.vocab_size = load_tokenizer(root / 'tokenizer' / 'spm.model').vocab_size
   config.data.train_pattern = str(root / 'corpus' / 'train' / 'train-*.tfrecord')
@@ -88,5 +90,10 @@ def run(root: pathlib.Path, config) -> None:
   print(f'curves: {root / "curves.png"}; summary: {root / "summary.txt"}; full log: {root / "log.txt"}')
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console entry point (pyproject.toml's [project.scripts])."""
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

@@ -42,5 +42,10 @@ def main(argv: list[str]) -> None:
     print(f'{name:<20}{model_value:>10.4f}{random_value:>10.4f}')
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console entry point (pyproject.toml's [project.scripts])."""
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

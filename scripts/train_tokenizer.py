@@ -22,5 +22,10 @@ def main(argv: list[str]) -> None:
   print(train_sentencepiece(_INPUT.value, _OUT.value, _VOCAB_SIZE.value, model_type=_MODEL_TYPE.value))
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console entry point (pyproject.toml's [project.scripts])."""
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

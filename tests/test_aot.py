@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 
+from merlot_jax import hardware
 from merlot_jax.config import validate
 from merlot_jax.train import aot
 from tests.train.batches import micro_config
@@ -14,7 +15,7 @@ from tests.train.batches import micro_config
     ('v5litepod-8', 'v5e:2x4', 8), ('v5p-512', 'v5p:4x8x8', 256), ('v4-8', 'v4:2x2x1', 4),
     ('v5e:2x2', 'v5e:2x2', 4)])
 def test_slice_names(name, topology, devices):
-  t = aot.parse_topology(name)
+  t = hardware.parse_topology(name)
   assert t.topology_name == topology
   assert len(aot.topology_devices(t)) == devices
 
@@ -22,7 +23,7 @@ def test_slice_names(name, topology, devices):
 @pytest.mark.parametrize('name', ['v3-1000', 'v6x-8', 'v4:2x2', 'v5p-7'])
 def test_bad_slice_names(name):
   with pytest.raises(ValueError, match='--topology'):
-    aot.parse_topology(name)
+    hardware.parse_topology(name)
 
 
 # |XLA's FLOPs of the unrolled step x devices / the analytic count - 1| allowed. Measured on the config below,
@@ -50,7 +51,7 @@ def layer_heavy_config():
 def test_a_v5e_2x2_compile_fits_and_only_the_unrolled_xla_flops_match_the_analytic_count():
   report, compiled = aot.compile_train_step(layer_heavy_config(), 'v5e:2x2')
   assert report.num_devices == 4 and report.mesh == {'data': 2, 'fsdp': 2, 'tensor': 1}
-  assert 0 < report.total_bytes < report.hbm_bytes == 16 * aot.GiB
+  assert 0 < report.total_bytes < report.hbm_bytes == 16 * hardware.GiB
   assert report.argument_bytes > 0 and report.temp_bytes > 0
   assert compiled.memory_analysis().temp_size_in_bytes == report.temp_bytes  # the scanned step's own memory
   # Costs are per device: x 4 devices they match the whole slice's analytic count.
@@ -64,7 +65,7 @@ def test_a_v5e_2x2_compile_fits_and_only_the_unrolled_xla_flops_match_the_analyt
 def test_compute_and_roofline_bounds_of_the_paper_step_on_v3_1024():
   """configs/base.py on v3-1024 (mesh 256 x 4): XLA's unrolled costs per core as compiled (docs/aot.md)."""
   unrolled = aot.Cost(flops=4.2477e12, bytes_accessed=51.764e9)
-  report = aot.Report(aot.parse_topology('v3-1024'), 1024, {'data': 256, 'fsdp': 4, 'tensor': 1}, 'none', 1024,
+  report = aot.Report(hardware.parse_topology('v3-1024'), 1024, {'data': 256, 'fsdp': 4, 'tensor': 1}, 'none', 1024,
                       1, 1, 1, 1, 1, 4.2327e15, aot.Cost(0.99e12, 20e9), None, 460_000, 790.0, None)
   assert report.compute_bound_seconds == pytest.approx(4.2327e15 / (1024 * 61.5e12))
   assert report.roofline_bound_seconds is None

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from merlot_jax.config import CHOICES, ConfigError, default_config, load_config, model_sizes, validate
+from merlot_jax.config import CHOICES, ConfigError, config_names, default_config, load_config, model_sizes, validate
 from merlot_jax.data import frames
 from merlot_jax.models import transformer
 from merlot_jax.models.merlot import MerlotModel
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CONFIG_FILES = sorted((REPO / 'configs').glob('*.py'))
+CONFIG_FILES = sorted(p for p in (REPO / 'configs').glob('*.py') if p.name != '__init__.py')
 
 
 def _tiny():
@@ -123,7 +123,7 @@ def test_valid_configs_pass_unchanged():
 
 
 def test_model_sizes_match_reference_a_readme():
-  """Numbers from ../shared/golden/tf_reference_A/README.md ("Shapes (config A)")."""
+  """Numbers from tests/golden/tf_reference_A/README.md ("Shapes (config A)")."""
   s = model_sizes(_tiny().model)
   assert (s.grid_h, s.grid_w, s.pooled_h, s.pooled_w) == (4, 6, 2, 3)
   assert s.tokens_per_frame == 7
@@ -172,6 +172,19 @@ def test_load_config_validates(tmp_path):
 def test_configs_folder_has_base_and_tiny():
   names = {p.name for p in CONFIG_FILES}
   assert {'base.py', 'tiny.py'} <= names, names
+
+
+def test_every_config_loads_by_name_from_any_directory(tmp_path, monkeypatch):
+  """load_config('tiny') finds configs/tiny.py as the installed merlot_jax.configs.tiny, whatever the cwd."""
+  monkeypatch.chdir(tmp_path)
+  assert config_names() == [p.stem for p in CONFIG_FILES]
+  for path in CONFIG_FILES:
+    assert load_config(path.stem).to_dict() == load_config(path).to_dict(), path.stem
+
+
+def test_an_unknown_config_names_the_path_and_the_names(tmp_path):
+  with pytest.raises(FileNotFoundError, match=r"config 'tiny2': no such file, and not a config name \(one of \['base'"):
+    load_config('tiny2')
 
 
 @pytest.mark.parametrize('path', CONFIG_FILES, ids=[p.name for p in CONFIG_FILES])

@@ -16,6 +16,8 @@ import ml_collections
 import numpy as np
 from flax import nnx, traverse_util
 
+from merlot_jax.extras import import_extra
+
 Path = tuple[str | int, ...]
 # Optimiser slots and bookkeeping that a released checkpoint may hold besides the model.
 IGNORED_SUFFIXES = ('/adam_m', '/adam_v', 'global_step')
@@ -157,8 +159,8 @@ def convert_variables(tf_vars: Mapping[str, np.ndarray], model: nnx.Module) -> N
 
 
 def read_tf_checkpoint(prefix: str | pathlib.Path) -> dict[str, np.ndarray]:
-  """All variables of a tf.train.Saver checkpoint (needs TensorFlow, imported lazily)."""
-  import tensorflow as tf  # noqa: PLC0415 - heavy, and only this entry point needs it
+  """All variables of a tf.train.Saver checkpoint (needs TensorFlow: the 'data' extra, imported only here)."""
+  tf = import_extra('tensorflow', 'data')
 
   try:
     reader = tf.train.load_checkpoint(str(prefix))

@@ -28,6 +28,22 @@ class Field:
 BatchSpec = Mapping[str, Field]  # key -> field; the sharding rank is len(field.shape)
 
 
+# Pretraining: what data/pipeline.py yields per host and the train step consumes (b = per-host or global batch).
+PRETRAINING: dict[str, Field] = {
+    'images': Field(('b', 'N', 'H', 'W', 3), np.uint8,
+                    'RGB frames 0..255 (the model divides by 255), resized and padded at the bottom/right'),
+    'input_ids': Field(('b', 'N', 'L'), np.int32,
+                       'per segment: START (clean transcript) or NEXT_CAPTION_START (raw), then tokens, '
+                       '0-padded or truncated'),
+    'video_src_ids': Field(('b', 'N'), np.int32,
+                           'source video of each segment: cumulative end-of-video count before segment '
+                           'shuffling, so equal ids = same video'),
+    'image_index': Field(('b', 'N'), np.int32,
+                         'row of the image-index table: position in its group, or shuffled_index_offset + '
+                         'a permuted position for frames picked for the temporal-order objective'),
+}
+
+
 def dims(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, int]:
   """The value of each shape symbol for `config` and a batch of `batch_size`."""
   m = config.model

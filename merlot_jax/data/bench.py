@@ -19,13 +19,15 @@ from collections.abc import Callable, Iterator
 
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
 from merlot_jax.config import default_config
 from merlot_jax.data import pipeline
 from merlot_jax.data.record_format import make_example, write_tfrecord
-from merlot_jax.train.aot import parse_topology
-from merlot_jax.train.flops import model_flops_per_example
+from merlot_jax.extras import import_extra
+from merlot_jax.hardware import parse_topology
+from merlot_jax.models.flops import model_flops_per_example
+
+tf = import_extra('tensorflow', 'data')
 
 # The original's training resize methods, in the order of frames.random_geometry's method index (one of
 # the 4 with probability 1/4 each, align_corners=True); frames.py crops the nearest-neighbour resize by
@@ -65,7 +67,7 @@ class HostFeed:
 
 def host_feed(slice_name: str, *, flops_per_example: float, frames_per_example: int, frames_per_core_s: float,
               mfu: float = 1.0) -> HostFeed:
-  """Examples/s = mfu * devices on the host * peak FLOP/s per device / train FLOPs per example (aot.GENERATIONS)."""
+  """Examples/s = mfu * devices on the host * peak FLOP/s per device (hardware.py) / train FLOPs per example."""
   topology = parse_topology(slice_name)
   devices = topology.num_chips * topology.generation.devices_per_chip
   examples = mfu * devices * topology.generation.peak_flops / flops_per_example
@@ -256,7 +258,7 @@ def format_report(r: DataBenchResult) -> str:
       f'pipeline frames/s per core: {r.frames_per_core_s:.1f} (measured: wall-clock frames/s / {r.cores} cores; '
       f'{r.pipeline_examples_per_cpu_s * n:.1f} per CPU second)',
       'host cores to feed one TPU host, derived from the measurement and the bound:',
-      '  examples/s = MFU x devices on the host x peak bf16 FLOP/s per device (train/aot.py) / '
+      '  examples/s = MFU x devices on the host x peak bf16 FLOP/s per device (merlot_jax/hardware.py) / '
       f'{r.flops_per_example / 1e12:.2f} TFLOP train FLOPs',
       f'  per example (3x forward, model_flops_per_example); frames/s = {n} x examples/s; cores = frames/s / '
       f'{r.frames_per_core_s:.1f} frames/s per core;',

@@ -17,9 +17,11 @@ from __future__ import annotations
 import dataclasses
 
 import ml_collections
-import tensorflow as tf
 
 from merlot_jax.config import CHOICES
+from merlot_jax.extras import import_extra
+
+tf = import_extra('tensorflow', 'data')
 
 # 'original': the released code always applies the contrast transform (its list of branch lambdas
 # closes over the loop variable, so 'brightness,contrast' runs contrast twice over). 'intended': brightness

@@ -37,18 +37,19 @@ from collections.abc import Callable, Iterator
 
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
 from merlot_jax.data import batch_spec
 from merlot_jax.data.batch_spec import Field
 from merlot_jax.data.frames import FRAME_UNIFORMS, decode_frames
 from merlot_jax.data.record_format import FEATURES
 from merlot_jax.data.tokenizer import NEXT_CAPTION_START, START
-from merlot_jax.pretraining.task import BATCH_SPEC as PRETRAINING_BATCH_SPEC
+from merlot_jax.extras import import_extra
 
-# The pretraining task's model inputs (merlot_jax/pretraining/task.py) plus what only the host sees.
+tf = import_extra('tensorflow', 'data')
+
+# The pretraining task's model inputs (batch_spec.PRETRAINING) plus what only the host sees.
 BATCH_SPEC: dict[str, Field] = {
-    **PRETRAINING_BATCH_SPEC,
+    **batch_spec.PRETRAINING,
     'skipped': Field(('b',), np.int32,
                      'corrupt records dropped just before this example in the host stream; '
                      'the sum over the batch is the batch\'s count'),

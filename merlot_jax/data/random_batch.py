@@ -14,7 +14,6 @@ import numpy as np
 
 from merlot_jax.data import batch_spec
 from merlot_jax.data.tokenizer import NUM_SPECIAL, START
-from merlot_jax.pretraining.task import BATCH_SPEC
 
 
 def random_batch(config: ml_collections.ConfigDict, batch_size: int, seed: int) -> dict[str, np.ndarray]:
@@ -28,10 +27,10 @@ def random_batch(config: ml_collections.ConfigDict, batch_size: int, seed: int) 
   video = (np.arange(n_seg) >= n_seg // 2).astype(np.int32)
   index = np.tile(np.arange(n, dtype=np.int32), (batch_size, n_seg // n, 1))
   index[:, 1::2] = o.shuffled_index_offset + rng.permuted(index[:, 1::2], axis=-1)
-  images_shape, images_dtype = batch_spec.shapes(BATCH_SPEC, config, batch_size)['images']
+  images_shape, images_dtype = batch_spec.shapes(batch_spec.PRETRAINING, config, batch_size)['images']
   batch = {'images': rng.integers(0, 256, images_shape, dtype=images_dtype), 'input_ids': ids,
            'video_src_ids': np.tile(video, (batch_size, 1)), 'image_index': index.reshape(batch_size, n_seg)}
-  batch_spec.check(BATCH_SPEC, batch, config, batch_size, 'random_batch')
+  batch_spec.check(batch_spec.PRETRAINING, batch, config, batch_size, 'random_batch')
   return batch
 
 

@@ -22,7 +22,11 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
-import tensorflow as tf
+
+from merlot_jax.extras import import_extra
+
+tf = import_extra('tensorflow', 'data')
+
 
 TOKEN_FEATURES = ('tokens_raw', 'tokens_clean')
 FEATURES = {

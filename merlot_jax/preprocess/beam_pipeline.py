@@ -18,12 +18,13 @@ with gcsfuse; DATA_DIR may be gs://...; the workers get this package as a wheel 
 
 from collections.abc import Iterator, Sequence
 
-import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
-
 from merlot_jax.data.tokenizer import load_tokenizer
+from merlot_jax.extras import import_extra
 from merlot_jax.preprocess import corpus
 from merlot_jax.preprocess import framed_segments as framed
+
+beam = import_extra('apache_beam', 'beam')
+PipelineOptions = import_extra('apache_beam.options.pipeline_options', 'beam').PipelineOptions
 
 
 class _ProcessVideo(beam.DoFn):

@@ -29,13 +29,15 @@ import os
 import signal
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-import pebble
-import tensorflow as tf
 import tqdm
 
 from merlot_jax.data import record_format
 from merlot_jax.data.tokenizer import load_tokenizer
+from merlot_jax.extras import import_extra
 from merlot_jax.preprocess import framed_segments as framed
+
+pebble = import_extra('pebble', 'data')
+tf = import_extra('tensorflow', 'data')
 
 MANIFEST = 'manifest.json'
 STATS_DIR = 'shard_stats'

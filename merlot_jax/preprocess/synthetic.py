@@ -22,9 +22,12 @@ import pathlib
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
 
+from merlot_jax.extras import import_extra
 from merlot_jax.preprocess.video import encode_jpeg, write_video
+
+Image = import_extra('PIL.Image', 'data')
+ImageDraw = import_extra('PIL.ImageDraw', 'data')
 
 COLOURS = {
     'red': (220, 40, 40), 'green': (40, 180, 60), 'blue': (50, 90, 230), 'yellow': (235, 215, 40),

@@ -12,10 +12,12 @@ import json
 import os
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
+from merlot_jax.extras import import_extra
 from merlot_jax.preprocess import corpus
+
+tf = import_extra('tensorflow', 'data')
+tfds = import_extra('tensorflow_datasets', 'data')
 
 NAME = 'merlot_corpus'
 VERSION = '1.0.0'

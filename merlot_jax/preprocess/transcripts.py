@@ -28,8 +28,11 @@ import string
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from rapidfuzz import process
-from rapidfuzz.distance import Levenshtein
+
+from merlot_jax.extras import import_extra
+
+process = import_extra('rapidfuzz.process', 'data')
+Levenshtein = import_extra('rapidfuzz.distance.Levenshtein', 'data')
 
 
 @dataclasses.dataclass(frozen=True)

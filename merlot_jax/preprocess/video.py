@@ -4,9 +4,13 @@ import io
 import os
 from collections.abc import Iterable, Iterator, Sequence
 
-import av
 import numpy as np
-from PIL import Image
+
+from merlot_jax.extras import import_extra
+
+av = import_extra('av', 'data')
+Image = import_extra('PIL.Image', 'data')
+
 
 # Decode forward instead of seeking when the next time is at most this far ahead (seconds).
 _MAX_DECODE_AHEAD = 2.0

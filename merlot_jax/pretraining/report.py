@@ -9,17 +9,20 @@ The contrastive loss is compared with ln(segments per batch), the loss of a unif
 from __future__ import annotations
 
 import collections
+import io
 import json
 import math
-import pathlib
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import ml_collections
 import numpy as np
+from etils import epath
 
 from merlot_jax.pretraining import objectives
 from merlot_jax.pretraining.loss import RETRIEVAL_METRICS
+from merlot_jax.train.summary import read_scalars as read_scalars  # the curves' source: the run's <workdir>/train
 
 PLOTTED = (('loss', 'total loss'), ('mlm/loss', 'masked LM loss'), ('contrastive/loss', 'contrastive loss'),
            ('temporal/loss', 'temporal loss'), ('mlm/acc', 'masked LM accuracy'),
@@ -30,25 +33,8 @@ SUMMARIZED = PLOTTED + (('contrastive/lang_to_viz_top10_acc', 'transcript->frame
                         ('contrastive/lang_to_viz', 'transcript->frame contrastive loss'))
 
 
-def read_scalars(event_dir: str | pathlib.Path) -> dict[str, list[tuple[int, float]]]:
-  """All scalars of a TensorBoard event directory as {tag: [(step, value), ...]}, sorted by step."""
-  from tensorboard.backend.event_processing import event_accumulator  # noqa: PLC0415 - only for reports
-
-  acc = event_accumulator.EventAccumulator(str(event_dir), size_guidance={event_accumulator.TENSORS: 0})
-  acc.Reload()
-  out = {}
-  for tag in acc.Tags().get('tensors', []):
-    out[tag] = sorted((e.step, float(np.asarray(_tensor_value(e.tensor_proto)))) for e in acc.Tensors(tag))
-  return out
-
-
-def _tensor_value(proto) -> np.ndarray:
-  import tensorflow as tf  # noqa: PLC0415
-
-  return tf.make_ndarray(proto)
-
-
-def plot_curves(scalars: Mapping[str, list[tuple[int, float]]], path: str | pathlib.Path) -> None:
+def plot_curves(scalars: Mapping[str, list[tuple[int, float]]], path: str | os.PathLike) -> None:
+  """A PNG of the PLOTTED curves (held-out points over the training ones) at `path`."""
   import matplotlib  # noqa: PLC0415
 
   matplotlib.use('Agg')
@@ -69,8 +55,10 @@ def plot_curves(scalars: Mapping[str, list[tuple[int, float]]], path: str | path
   for ax in list(axes.flat)[len(shown):]:
     ax.axis('off')
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  png = io.BytesIO()
+  fig.savefig(png, format='png', dpi=100)
   plt.close(fig)
+  epath.Path(path).write_bytes(png.getvalue())
 
 
 def chance_levels(batches: Iterable[Mapping[str, np.ndarray]], config: ml_collections.ConfigDict) -> dict[str, float]:
@@ -96,7 +84,7 @@ def chance_levels(batches: Iterable[Mapping[str, np.ndarray]], config: ml_collec
           'temporal/viz_viz_acc': max(per_class) / weights.sum()}
 
 
-def write_summary(workdir: str | pathlib.Path, scalars: Mapping[str, list[tuple[int, float]]],
+def write_summary(workdir: str | os.PathLike, scalars: Mapping[str, list[tuple[int, float]]],
                   heldout: Mapping[str, float], chance: Mapping[str, float],
                   stories: Mapping[str, Any] | None = None) -> str:
   """summary.txt (human) and summary.json (machine) in workdir; returns the text.
@@ -114,7 +102,7 @@ def write_summary(workdir: str | pathlib.Path, scalars: Mapping[str, list[tuple[
     lines += [f'  {name:44s} {value:.3f}   random {stories["random"][name]:.3f}'
               for name, value in stories['model'].items()]
   text = '\n'.join(lines) + '\n'
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   (workdir / 'summary.txt').write_text(text)
   floats = lambda d: {k: float(v) for k, v in d.items()}
   (workdir / 'summary.json').write_text(json.dumps({

@@ -27,13 +27,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tensorflow as tf
+from etils import epath
 from flax import nnx
 
 from merlot_jax.data.frames import decode_frames
 from merlot_jax.data.tokenizer import PAD, START, Tokenizer
+from merlot_jax.extras import import_extra
 from merlot_jax.models.merlot import MerlotModel
 from merlot_jax.preprocess.framed_segments import VideoInput, find_videos, process_video
+
+tf = import_extra('tensorflow', 'data')
 
 
 class VideoSkipped(Exception):
@@ -72,11 +75,12 @@ class VideoFeatures:
     """One .npz with every field (texts as a unicode array; no pickle needed to read it)."""
     arrays = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
     arrays.update(video=np.asarray(self.video), texts=np.asarray(self.texts, dtype=str))
-    np.savez(path, **arrays)
+    with epath.Path(path).open('wb') as file:
+      np.savez(file, **arrays)
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> VideoFeatures:
-    with np.load(path) as f:
+    with epath.Path(path).open('rb') as file, np.load(file) as f:
       values = {k: f[k] for k in f.files}
     return cls(**{**values, 'video': str(values['video']), 'texts': tuple(str(t) for t in values['texts'])})
 
@@ -188,7 +192,7 @@ def extract_directory(model: MerlotModel, config: ml_collections.ConfigDict, tok
 
   Videos that cannot be used are skipped and counted by reason. `info` goes into the index as it is.
   """
-  out = pathlib.Path(out)
+  out = epath.Path(out)
   index = {**(info or {}), 'videos': [], 'skipped': {}, 'skipped_videos': []}
   for video in find_videos(videos):
     try:

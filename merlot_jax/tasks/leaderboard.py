@@ -10,18 +10,21 @@ prediction_test_public.json and prediction_val.json ({qid: answer index}) and me
 
 Per-question predictions (<split>_predictions.jsonl): per example id and head its probabilities, prediction,
 label and correctness (VCR also q_ar). summary.json: the accuracies next to chance and the skip counts.
+Every file is written and read through etils.epath, so `out` may be a gs:// URL.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
-import pathlib
+import os
 import zipfile
 from collections.abc import Mapping, Sequence
 
 import ml_collections
 import numpy as np
+from etils import epath
 
 from merlot_jax import workdir as workdir_lib
 from merlot_jax.data.tokenizer import Tokenizer
@@ -40,7 +43,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
   return np.exp(z) / np.exp(z).sum()
 
 
-def restore_finetuned(workdir: str | pathlib.Path, step: int | None = None
+def restore_finetuned(workdir: str | os.PathLike, step: int | None = None
                       ) -> tuple[ml_collections.ConfigDict, state_lib.Params]:
   """(config, params) of a finetuning workdir: its config.json and the params of checkpoint `step` (latest)."""
   config = workdir_lib.load_config(workdir)
@@ -74,19 +77,20 @@ def vcr_test_rows(predictions: Sequence[ft.Prediction]) -> dict[str, np.ndarray]
   return rows
 
 
-def write_vcr_submission(predictions: Sequence[ft.Prediction], path: str | pathlib.Path) -> pathlib.Path:
-  path = pathlib.Path(path)
-  with path.open('w', newline='') as f:
-    writer = csv.writer(f)
-    writer.writerow(['annot_id', *VCR_COLUMNS])
-    for annot_id, row in vcr_test_rows(predictions).items():
-      writer.writerow([annot_id, *(repr(float(x)) for x in row)])
+def write_vcr_submission(predictions: Sequence[ft.Prediction], path: str | os.PathLike) -> epath.Path:
+  text = io.StringIO(newline='')
+  writer = csv.writer(text)
+  writer.writerow(['annot_id', *VCR_COLUMNS])
+  for annot_id, row in vcr_test_rows(predictions).items():
+    writer.writerow([annot_id, *(repr(float(x)) for x in row)])
+  path = epath.Path(path)
+  path.write_text(text.getvalue())
   return path
 
 
-def read_vcr_submission(path: str | pathlib.Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def read_vcr_submission(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """annot_id -> (answer probabilities [4], rationale probabilities [answer assumed 4, rationale 4])."""
-  with pathlib.Path(path).open(newline='') as f:
+  with io.StringIO(epath.Path(path).read_text(), newline='') as f:
     reader = csv.DictReader(f)
     if reader.fieldnames != ['annot_id', *VCR_COLUMNS]:
       raise ValueError(f'{path}: columns {reader.fieldnames}, expected annot_id + {VCR_COLUMNS}')
@@ -105,32 +109,34 @@ def tvqa_answers(predictions: Sequence[ft.Prediction]) -> dict[str, int]:
 
 
 def write_tvqa_submission(val: Sequence[ft.Prediction], test: Sequence[ft.Prediction],
-                          directory: str | pathlib.Path, model_name: str) -> pathlib.Path:
+                          directory: str | os.PathLike, model_name: str) -> epath.Path:
   """The three leaderboard files in `directory` and their zip (returned)."""
-  directory = pathlib.Path(directory)
+  directory = epath.Path(directory)
   meta = {'model_name': model_name, 'is_ensemble': False, 'with_ts': True, 'show_on_leaderboard': False,
           'author': '', 'institution': '', 'description': 'merlot_jax finetuned MERLOT', 'paper_link': '',
           'code_link': ''}
   contents = {'prediction_val.json': tvqa_answers(val), 'prediction_test_public.json': tvqa_answers(test),
               'meta.json': meta}
-  for name, value in contents.items():
-    (directory / name).write_text(json.dumps(value))
+  zipped = io.BytesIO()
+  with zipfile.ZipFile(zipped, 'w') as z:
+    for name, value in contents.items():
+      text = json.dumps(value)
+      (directory / name).write_text(text)
+      z.writestr(name, text)
   archive = directory / 'tvqa_submission.zip'
-  with zipfile.ZipFile(archive, 'w') as z:
-    for name in TVQA_FILES:
-      z.write(directory / name, name)
+  archive.write_bytes(zipped.getvalue())
   return archive
 
 
-def read_tvqa_answers(path: str | pathlib.Path) -> dict[str, int]:
-  return {str(k): int(v) for k, v in json.loads(pathlib.Path(path).read_text()).items()}
+def read_tvqa_answers(path: str | os.PathLike) -> dict[str, int]:
+  return {str(k): int(v) for k, v in json.loads(epath.Path(path).read_text()).items()}
 
 
 # --- per question and summary ------------------------------------------------------------------------
 
 
 def write_predictions(predictions: Sequence[ft.Prediction], heads: Sequence[str],
-                      path: str | pathlib.Path) -> pathlib.Path:
+                      path: str | os.PathLike) -> epath.Path:
   """One JSON line per example id: {id, <head>: {probs, prediction, label, correct}} (+ q_ar for VCR)."""
   by_id: dict[str, dict] = {}
   for p in predictions:
@@ -138,7 +144,7 @@ def write_predictions(predictions: Sequence[ft.Prediction], heads: Sequence[str]
     by_id.setdefault(p.example_id, {'id': p.example_id})[heads[p.head]] = {
         'probs': [float(x) for x in probs], 'prediction': int(np.argmax(probs)), 'label': p.label,
         'correct': p.label >= 0 and p.correct}
-  path = pathlib.Path(path)
+  path = epath.Path(path)
   with path.open('w') as f:
     for entry in by_id.values():
       if tuple(heads) == ft.VCR_HEADS and all(h in entry for h in heads):
@@ -174,19 +180,19 @@ def format_summary(s: dict) -> str:
 
 
 def predict_split(config: ml_collections.ConfigDict, params: state_lib.Params, tokenizer: Tokenizer,
-                  data_dir: str | pathlib.Path, split: str, tfds_dir: str | None = None) -> list[ft.Prediction]:
+                  data_dir: str | os.PathLike, split: str, tfds_dir: str | None = None) -> list[ft.Prediction]:
   problems = mc_data.load_problems(config.finetune.task, data_dir, split, data_dir=tfds_dir)
   return ft.predict(config, params, mc_data.mc_batches(problems, config, tokenizer, config.train.global_batch_size))
 
 
 def write_outputs(config: ml_collections.ConfigDict, params: state_lib.Params, tokenizer: Tokenizer,
-                  data_dir: str | pathlib.Path, out: str | pathlib.Path, *, tfds_dir: str | None = None,
+                  data_dir: str | os.PathLike, out: str | os.PathLike, *, tfds_dir: str | None = None,
                   val_split: str = 'val', test_split: str | None = 'test', model_name: str = 'merlot_jax') -> dict:
   """Per-question predictions and summary.json of `val_split`, and (unless test_split is None) the test
   split's per-question predictions and leaderboard file(s) in `out`; returns the summary."""
   f = config.finetune
   task, heads = f.task, tuple(f.heads)
-  out = pathlib.Path(out)
+  out = epath.Path(out)
   out.mkdir(parents=True, exist_ok=True)
   val = predict_split(config, params, tokenizer, data_dir, val_split, tfds_dir)
   write_predictions(val, heads, out / f'{val_split}_predictions.jsonl')

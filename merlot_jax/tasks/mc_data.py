@@ -25,13 +25,17 @@ from collections.abc import Callable, Iterable, Iterator
 
 import ml_collections
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from merlot_jax.data.frames import FRAME_UNIFORMS, decode_frames
 from merlot_jax.data.tokenizer import END, PAD, START, Tokenizer
+from merlot_jax.extras import import_extra
 from merlot_jax.tasks import tvqa, vcr
 from merlot_jax.tasks.release import Problem, Release, ReleaseBuilder, frame_choice
+
+tf = import_extra('tensorflow', 'data')
+tfds = import_extra('tensorflow_datasets', 'data')
+
+log = logging.getLogger(__name__)
 
 __all__ = ['Problem', 'frame_choice', 'load_problems', 'mc_batches', 'option_ids', 'skip_counts',
            'training_batches']
@@ -67,7 +71,7 @@ def load_problems(task: str, manual_dir: str | pathlib.Path, split: str, *, data
                      f'{manual_dir}/{builder.SPLIT_FILES.get(split, "...")} there?)')
   counts = builder.info.metadata.get(split, {})
   if counts.get('skipped') or counts.get('fallbacks'):
-    logging.warning('%s %s: of %s questions, skipped %s; fallbacks %s', builder.name, split,
+    log.warning('%s %s: of %s questions, skipped %s; fallbacks %s', builder.name, split,
                     counts.get('questions'), counts.get('skipped'), counts.get('fallbacks'))
   ds = builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None,
                           decoders={k: tfds.decode.SkipDecoding() for k in release.jpeg_features})

@@ -37,19 +37,24 @@ import pathlib
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
-import av
 import jax
 import ml_collections
 import numpy as np
-import tensorflow as tf
 import tqdm
+from etils import epath
 
 from merlot_jax.data.frames import decode_frames
 from merlot_jax.data.tokenizer import Tokenizer
+from merlot_jax.extras import import_extra
 from merlot_jax.preprocess import video as video_lib
 from merlot_jax.tasks import open_qa
 from merlot_jax.tasks.mc_data import option_ids
 from merlot_jax.train import state as state_lib
+
+av = import_extra('av', 'data')
+tf = import_extra('tensorflow', 'data')
+
+log = logging.getLogger(__name__)
 
 SPLITS = ('train', 'val', 'test')
 SKIP_REASONS = (
@@ -128,14 +133,14 @@ def answer_vocabulary(answers: Iterable[str], size: int) -> tuple[str, ...]:
 
 
 def save_vocabulary(workdir: str | os.PathLike, vocabulary: Sequence[str]) -> None:
-  path = pathlib.Path(workdir) / VOCABULARY_FILE
+  path = epath.Path(workdir) / VOCABULARY_FILE
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(list(vocabulary), indent=0))
 
 
 def load_vocabulary(workdir: str | os.PathLike) -> tuple[str, ...]:
   """The vocabulary `finetune` saved in the workdir (index i = output i)."""
-  path = pathlib.Path(workdir) / VOCABULARY_FILE
+  path = epath.Path(workdir) / VOCABULARY_FILE
   if not path.is_file():
     raise FileNotFoundError(f'{path} is missing: the workdir of msrvtt_qa.finetune writes it')
   return tuple(json.loads(path.read_text()))
@@ -153,7 +158,7 @@ def index_videos(root: str | os.PathLike) -> dict[int, pathlib.Path]:
       duplicates += int(match.group(1)) in index
       index.setdefault(int(match.group(1)), path)
   if duplicates:
-    logging.warning('%s: %d videos appear more than once; the first in path order is used', root, duplicates)
+    log.warning('%s: %d videos appear more than once; the first in path order is used', root, duplicates)
   return index
 
 
@@ -217,7 +222,7 @@ def _log_skips(summary: dict) -> None:
   for reason in SKIP_REASONS:
     examples = [s['detail'] for s in summary['skipped'] if s['reason'] == reason][:3]
     if examples:
-      logging.warning('MSRVTT-QA %s: %s, e.g. %s', summary['split'], reason, '; '.join(examples))
+      log.warning('MSRVTT-QA %s: %s, e.g. %s', summary['split'], reason, '; '.join(examples))
 
 
 def load_split(root: str | os.PathLike, split: str, num_frames: int, *, workers: int | None = None,
@@ -285,7 +290,7 @@ def training_questions(split: Split, vocabulary: Sequence[str]) -> tuple[Questio
   """The usable questions whose answer is in the vocabulary (the others cannot be learned)."""
   known = set(vocabulary)
   kept = tuple(q for q in split.usable if q.answer in known)
-  logging.info('MSRVTT-QA %s: training on %d questions; %d usable ones have an answer outside the %d-answer '
+  log.info('MSRVTT-QA %s: training on %d questions; %d usable ones have an answer outside the %d-answer '
                'vocabulary', split.name, len(kept), len(split.usable) - len(kept), len(vocabulary))
   if not kept:
     raise ValueError(f'MSRVTT-QA {split.name}: no usable question has an answer in the vocabulary')
@@ -309,7 +314,7 @@ def training_batches(questions: Sequence[Question], split: Split, vocabulary: Se
 
 def _write_json(workdir: str | os.PathLike, name: str, obj) -> None:
   if jax.process_index() == 0:
-    path = pathlib.Path(workdir) / name
+    path = epath.Path(workdir) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=1))
 
@@ -322,7 +327,7 @@ def finetune(config: ml_collections.ConfigDict, root: str | os.PathLike, workdir
   and WORKDIR/msrvtt_qa_train_data.json (the split's counts and skips)."""
   split = load_split(root, 'train', config.finetune.num_frames, workers=workers, progress=progress)
   vocabulary = answer_vocabulary((q.answer for q in split.questions), config.finetune.num_options)
-  if pathlib.Path(workdir, VOCABULARY_FILE).is_file() and load_vocabulary(workdir) != vocabulary:
+  if (epath.Path(workdir) / VOCABULARY_FILE).is_file() and load_vocabulary(workdir) != vocabulary:
     raise ValueError(f'{workdir}/{VOCABULARY_FILE} differs from the vocabulary of {root}\'s train split: '
                      'this workdir was trained on other data or another num_options')
   save_vocabulary(workdir, vocabulary)
@@ -348,7 +353,7 @@ def evaluate(config: ml_collections.ConfigDict, params: state_lib.Params, root: 
   data_summary = data.summary()
   summary = {'split': split, **dataclasses.asdict(scored),
              **{k: data_summary[k] for k in ('skipped_questions', 'skipped_videos', 'skipped')}}
-  logging.info('MSRVTT-QA %s: accuracy %.4f over %d questions (%d evaluated; %.4f of those); chance: majority '
+  log.info('MSRVTT-QA %s: accuracy %.4f over %d questions (%d evaluated; %.4f of those); chance: majority '
                '%.4f (%r), uniform %.6f; answers in the vocabulary %.4f', split, scored.accuracy, scored.questions,
                scored.evaluated, scored.accuracy_evaluated, scored.chance_majority, scored.majority_answer,
                scored.chance_uniform, scored.in_vocabulary)

@@ -21,8 +21,13 @@ import pathlib
 from collections.abc import Callable, Iterator
 
 import numpy as np
-import tensorflow_datasets as tfds
-from PIL import Image
+
+from merlot_jax.extras import import_extra
+
+tfds = import_extra('tensorflow_datasets', 'data')
+Image = import_extra('PIL.Image', 'data')
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,12 +140,12 @@ class ReleaseBuilder(tfds.core.GeneratorBasedBuilder):
         key, example = self._example(root, entry, fallbacks)
       except Skipped as s:
         skipped[s.reason] += 1
-        logging.info('%s:%d skipped (%s)', source, number, s)
+        log.info('%s:%d skipped (%s)', source, number, s)
         continue
       yield key, example
     self.info.metadata[split] = {'questions': questions, 'skipped': dict(skipped), 'fallbacks': dict(fallbacks)}
     if skipped or fallbacks:
-      logging.warning('%s: %d questions; skipped %s; fallbacks %s', source, questions, dict(skipped),
+      log.warning('%s: %d questions; skipped %s; fallbacks %s', source, questions, dict(skipped),
                       dict(fallbacks))
 
 

@@ -39,12 +39,16 @@ from collections.abc import Iterable, Iterator
 
 import ml_collections
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
-from PIL import Image
 
 from merlot_jax.data.frames import decode_frames
 from merlot_jax.data.tokenizer import PAD, START, Tokenizer
+from merlot_jax.extras import import_extra
+
+tf = import_extra('tensorflow', 'data')
+tfds = import_extra('tensorflow_datasets', 'data')
+Image = import_extra('PIL.Image', 'data')
+
+log = logging.getLogger(__name__)
 
 STORY_LENGTH = 5  # the task: 5 image-caption pairs
 VIST_SPLITS = ('train', 'val', 'test')
@@ -132,14 +136,14 @@ def vist_stories(manual_dir: str | pathlib.Path, split: str) -> Iterator[Story]:
     try:
       jpegs = tuple(_vist_jpeg(photos[a['photo_flickr_id']]) for a in anns if a['photo_flickr_id'] in photos)
     except OSError as e:  # PIL's errors for truncated or unknown files are OSErrors
-      logging.debug('%s: story %s has an unreadable photo (%s)', sis, story_id, e)
+      log.debug('%s: story %s has an unreadable photo (%s)', sis, story_id, e)
       jpegs = ()
     if len(jpegs) != len(anns):
       skipped += 1
       continue
     yield _checked(Story(story_id, tuple(a['original_text'] for a in anns), jpegs), str(sis))
   if skipped:
-    logging.warning('%s: skipped %d of %d stories with a missing or unreadable photo in %s',
+    log.warning('%s: skipped %d of %d stories with a missing or unreadable photo in %s',
                     sis, skipped, len(by_story), image_dir)
 
 

@@ -31,10 +31,12 @@ import re
 from collections.abc import Sequence
 
 import numpy as np
-import tensorflow_datasets as tfds
 
+from merlot_jax.extras import import_extra
 from merlot_jax.tasks import release
 from merlot_jax.tasks.release import Problem, Skipped
+
+tfds = import_extra('tensorflow_datasets', 'data')
 
 OPTIONS = 5
 FPS = 3

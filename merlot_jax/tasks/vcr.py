@@ -35,11 +35,14 @@ import re
 from collections.abc import Sequence
 
 import numpy as np
-import tensorflow_datasets as tfds
-from PIL import Image, ImageDraw
 
+from merlot_jax.extras import import_extra
 from merlot_jax.tasks import release
 from merlot_jax.tasks.release import Problem, Skipped
+
+tfds = import_extra('tensorflow_datasets', 'data')
+Image = import_extra('PIL.Image', 'data')
+ImageDraw = import_extra('PIL.ImageDraw', 'data')
 
 OPTIONS = 4
 MODES = ('answer', 'rationale')

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import re
 import time
 from collections.abc import Callable
 
@@ -19,26 +18,12 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from merlot_jax import sharding
+from merlot_jax import hardware, sharding
 from merlot_jax.data.random_batch import random_batch
+from merlot_jax.hardware import GiB
+from merlot_jax.models import flops
 from merlot_jax.pretraining.task import PRETRAINING
-from merlot_jax.train import flops, setup
-
-GiB = 2**30
-
-# bf16 dense (no sparsity) tensor-core peaks in TFLOP/s per GPU, from NVIDIA's datasheets, which quote
-# "with sparsity" figures, twice these (nvidia.com: H100, H200, A100, L4 and V100 datasheets). The key is a
-# word of jax's device_kind (e.g. 'NVIDIA H100 80GB HBM3', 'NVIDIA H200'); the first match counts.
-GPU_PEAK_TFLOPS = (
-    ('H200', 989.0),  # H200 SXM: BF16 Tensor Core 1,979 TFLOPS with sparsity
-    ('H100 PCIe', 756.0),  # H100 PCIe: 1,513 with sparsity
-    ('H100 NVL', 835.5),  # H100 NVL: 1,671 with sparsity
-    ('H100', 989.0),  # H100 SXM: 1,979 with sparsity
-    ('A100', 312.0),  # A100 SXM and PCIe: BF16 Tensor Core 312 (624 with sparsity)
-    ('L4', 121.0),  # L4: BF16 Tensor Core 242 with sparsity
-    ('V100-PCIE', 112.0),  # V100 PCIe: FP16 Tensor Core 112 (Volta has no bf16)
-    ('V100', 125.0),  # V100 SXM2: FP16 Tensor Core 125
-)
+from merlot_jax.train import setup
 
 # Tolerance of the FLOP cross-check: |XLA / analytic - 1|, with XLA's cost analysis of the step compiled as
 # `flop_check_config` makes it: unrolled (XLA counts a scanned body once, not once per layer), no remat
@@ -63,14 +48,6 @@ class FlopCountError(AssertionError):
 class Peak:
   flops: float  # all devices
   source: str
-
-
-def gpu_peak_tflops(device_kind: str) -> float | None:
-  """The bf16 dense peak of GPU_PEAK_TFLOPS for jax's device_kind, or None if it is not listed."""
-  for key, tflops in GPU_PEAK_TFLOPS:
-    if re.search(rf'\b{re.escape(key)}\b', device_kind):
-      return tflops
-  return None
 
 
 def matmul_peak(size: int = 2048, repeats: int = 10, trials: int = 3) -> float:
@@ -98,9 +75,9 @@ def device_peak(peak_tflops: float | None = None) -> Peak:
   if peak_tflops:
     return Peak(peak_tflops * 1e12 * n, f'given: {peak_tflops:g} TFLOP/s per device')
   if jax.default_backend() == 'gpu':
-    tflops = gpu_peak_tflops(kind)
+    tflops = hardware.gpu_peak_tflops(kind)
     if tflops is None:
-      raise ValueError(f'no bf16 peak listed for {kind!r} (merlot_jax/train/bench.py GPU_PEAK_TFLOPS): pass '
+      raise ValueError(f'no bf16 peak listed for {kind!r} (merlot_jax/hardware.py GPU_PEAK_TFLOPS): pass '
                        '--peak_tflops with its datasheet bf16 dense TFLOP/s')
     return Peak(tflops * 1e12 * n, f'datasheet bf16 dense, {kind}: {tflops:g} TFLOP/s per device')
   return Peak(matmul_peak(), 'measured float32 matmul peak of this machine')
@@ -156,7 +133,7 @@ def check_flops(config: ml_collections.ConfigDict, xla_flops: float, tolerance: 
   analytic = flops.model_flops_per_example(config) * config.train.global_batch_size
   ratio = xla_flops / analytic
   if abs(ratio - 1) > tolerance:
-    raise FlopCountError(f'FLOPs per train step: analytic (merlot_jax/train/flops.py) {analytic:.4g}, XLA '
+    raise FlopCountError(f'FLOPs per train step: analytic (merlot_jax/models/flops.py) {analytic:.4g}, XLA '
                          f'cost analysis of the unrolled step {xla_flops:.4g}: ratio {ratio:.3f}, outside '
                          f'1 +- {tolerance} (FLOP_TOLERANCE in merlot_jax/train/bench.py); MFU would be wrong')
   return ratio

@@ -20,12 +20,14 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
+from merlot_jax import checkpoint
 from merlot_jax import workdir as workdir_lib
-from merlot_jax.train import checkpoint
 from merlot_jax.train import metrics as metrics_lib
 from merlot_jax.train import setup as setup_lib
 from merlot_jax.train import state as state_lib
 from merlot_jax.train.task import Task
+
+log = logging.getLogger(__name__)
 
 # (start_step, start_position or None) -> this host's numpy batches from that point on.
 BatchesFactory = Callable[[int, int | None], Iterator[dict[str, np.ndarray]]]
@@ -47,7 +49,7 @@ class PreemptionSync:
     self._previous = None
 
   def _handler(self, signum, frame) -> None:
-    logging.warning('signal %d: saving a checkpoint and stopping after this step', signum)
+    log.warning('signal %d: saving a checkpoint and stopping after this step', signum)
     self._signalled = True
 
   def __enter__(self) -> PreemptionSync:
@@ -83,7 +85,7 @@ def _restore_or_init(setup: setup_lib.Setup, ckpt: checkpoint.TrainCheckpointer
   if ckpt.latest_step() is None:
     return setup.init_state(), 0, None
   state, data = ckpt.restore_newest_readable(setup.abstract_state)
-  logging.info('resumed from %s at step %d (data position %s)', ckpt.directory, int(state.step), data['position'])
+  log.info('resumed from %s at step %d (data position %s)', ckpt.directory, int(state.step), data['position'])
   return state, int(state.step), data['position']
 
 
@@ -138,7 +140,7 @@ def train(config: ml_collections.ConfigDict, task: Task, workdir: str | pathlib.
             ckpt.save(step, state, getattr(batches, 'position', None))
         if preempted:
           ckpt.wait()
-          logging.warning('preempted: every process stopped at step %d; its checkpoint is in %s', step,
+          log.warning('preempted: every process stopped at step %d; its checkpoint is in %s', step,
                           ckpt.directory)
           break
     logger.flush()

@@ -7,17 +7,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import pathlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import jax
 import ml_collections
 import numpy as np
-import tensorflow as tf
 import tqdm
+from etils import epath
 
-from merlot_jax.train.flops import model_flops_per_example
+from merlot_jax.models.flops import model_flops_per_example
+from merlot_jax.train import logs
+from merlot_jax.train.summary import SummaryWriter
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteError(FloatingPointError):
@@ -32,26 +35,30 @@ class MetricsLogger:
   """Collects each step's device metrics without blocking; `flush()` fetches them, counts the steps the
   train step skipped as non-finite (`skipped_steps`; NonFiniteError after config.train.max_consecutive_skips
   in a row, naming the step and what was non-finite), and writes the interval's mean over the steps that
-  were not skipped as one log line and TensorBoard scalars.
+  were not skipped as one log line and TensorBoard scalars (workdir/<name>/). While its progress bar is
+  shown, console lines are written above it (logs.lines_above_progress_bars).
 
   Call `flush()` at each log interval and before saving a checkpoint, so that a run that keeps failing
   stops before it writes another checkpoint. Throughput (examples/s, TFLOP/s, MFU) counts train steps
-  only: wrap compiles, evaluations and checkpoint saves in `untimed()`.
+  only: wrap compiles, evaluations and checkpoint saves in `untimed()`. `clock` (seconds) times them.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, total_steps: int,
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, total_steps: int,
                start_step: int, peak_flops_per_device: float | None = None, num_devices: int = 1,
-               progress: bool = True,
-               name: str = 'train'):
+               progress: bool = True, name: str = 'train', clock: Callable[[], float] = time.perf_counter):
     self.batch_size = config.train.global_batch_size
     self.flops_per_example = model_flops_per_example(config)
     self.peak = None if peak_flops_per_device is None else peak_flops_per_device * num_devices
     self.primary = jax.process_index() == 0
-    self.writer = tf.summary.create_file_writer(os.path.join(os.fspath(workdir), name)) if self.primary else None
-    self.bar = tqdm.tqdm(total=total_steps, initial=start_step, disable=not (progress and self.primary),
-                         dynamic_ncols=True)
+    self.writer = SummaryWriter(epath.Path(workdir) / name) if self.primary else None
+    shown = progress and self.primary
+    self.bar = tqdm.tqdm(total=total_steps, initial=start_step, disable=not shown, dynamic_ncols=True)
+    self.console = contextlib.ExitStack()
+    if shown:
+      self.console.enter_context(logs.lines_above_progress_bars())
+    self.clock = clock
     self.pending: list[tuple[int, dict[str, jax.Array]]] = []
-    self.last_time, self.last_step = time.perf_counter(), start_step
+    self.last_time, self.last_step = clock(), start_step
     self.untimed_seconds = 0.0  # of the current interval
     self.max_consecutive_skips = config.train.max_consecutive_skips
     self.consecutive_skips = self.skipped_steps = 0
@@ -70,7 +77,7 @@ class MetricsLogger:
     for s, m in fetched:
       self._count_skip(s, m)
     step = fetched[-1][0]
-    now = time.perf_counter()
+    now = self.clock()
     steps, seconds = step - self.last_step, max(now - self.last_time - self.untimed_seconds, 1e-9)
     self.last_time, self.last_step, self.untimed_seconds = now, step, 0.0
     kept = [m for _, m in fetched if not m.get('skipped')] or [m for _, m in fetched]
@@ -91,7 +98,7 @@ class MetricsLogger:
     self.consecutive_skips += 1
     self.skipped_steps += 1
     what = ', '.join(k.split('/')[1] for k in GUARD_METRICS[1:] if m.get(k)) or 'values'
-    logging.warning('step %d skipped: non-finite %s (params and optimizer state unchanged)', step, what)
+    log.warning('step %d skipped: non-finite %s (params and optimizer state unchanged)', step, what)
     if self.consecutive_skips >= self.max_consecutive_skips:
       raise NonFiniteError(f'step {step}: {self.consecutive_skips} steps in a row had non-finite {what} '
                            f'(config.train.max_consecutive_skips = {self.max_consecutive_skips}); stopping. '
@@ -102,31 +109,29 @@ class MetricsLogger:
     """Leaves the wall time inside out of the throughput. Waits first for the steps already dispatched,
     so that their time still counts."""
     jax.block_until_ready([m for _, m in self.pending])
-    start = time.perf_counter()
+    start = self.clock()
     try:
       yield
     finally:
-      self.untimed_seconds += time.perf_counter() - start
+      self.untimed_seconds += self.clock() - start
 
   def log_compile(self, step: int, seconds: float) -> None:
     """The train step's compile time, logged once (and as the TensorBoard scalar compile_seconds)."""
     if self.primary:
-      logging.info('compiled the train step in %.1f s', seconds)
-      with self.writer.as_default(step=step):
-        tf.summary.scalar('compile_seconds', seconds)
+      log.info('compiled the train step in %.1f s', seconds)
+      self.writer.scalars(step, {'compile_seconds': seconds})
 
   def write(self, step: int, scalars: Mapping[str, float], prefix: str = '') -> None:
     if not self.primary:
       return
-    logging.info('step %d | %s', step, ' '.join(f'{prefix}{k}={_fmt(v)}' for k, v in sorted(scalars.items())))
-    with self.writer.as_default(step=step):
-      for k, v in scalars.items():
-        tf.summary.scalar(prefix + k, v)
+    log.info('step %d | %s', step, ' '.join(f'{prefix}{k}={_fmt(v)}' for k, v in sorted(scalars.items())))
+    self.writer.scalars(step, {prefix + k: v for k, v in scalars.items()})
     self.writer.flush()
     self.bar.set_postfix(loss=scalars.get('loss', float('nan')), refresh=False)
 
   def close(self) -> None:
     self.bar.close()
+    self.console.close()
     if self.writer is not None:
       self.writer.close()
 

@@ -28,7 +28,7 @@ def global_batch(local: Mapping[str, np.ndarray], shardings: Mapping[str, NamedS
 
 
 def _l2_norm(tree) -> jax.Array:
-  return optax.global_norm(jax.tree.map(lambda x: x.astype(jnp.float32), tree))
+  return optax.tree.norm(jax.tree.map(lambda x: x.astype(jnp.float32), tree))
 
 
 def train_step_fn(config: ml_collections.ConfigDict, loss_fn: LossFn, graphdef: nnx.GraphDef,

@@ -32,7 +32,9 @@ def install(st: types.SimpleNamespace) -> str:
   steps = [
       'set -e',
       f'if ! {{ command -v make && command -v git && {py} -c "import ensurepip, venv"; }} >/dev/null 2>&1; '
-      f'then {apt} update -qq && {apt} install -y -qq make git {py} {py}-venv; fi',
+      # Ubuntu 22.04 (the v2-v4 images) has no python3.12 of its own: then the deadsnakes PPA, the usual source.
+      f'then {apt} update -qq && {{ {apt} install -y -qq make git {py} {py}-venv || '
+      f'{{ sudo add-apt-repository -y ppa:deadsnakes/ppa && {apt} install -y -qq make git {py} {py}-venv; }}; }}; fi',
   ]
   if st.source == 'git':
     steps.append(f'if [ -d {d}/.git ]; then git -C {d} fetch --quiet origin; '

@@ -54,7 +54,7 @@ SETTINGS = (
     Setting('REPO_URL', None, 'git URL to clone on the workers (SOURCE=git)'),
     Setting('REPO_REF', 'origin/HEAD', 'commit, tag or origin/<branch> to check out (SOURCE=git)'),
     Setting('REMOTE_DIR', 'merlot_jax', 'checkout on each worker, relative to the home directory'),
-    Setting('REMOTE_PYTHON', 'python3.11', 'interpreter for `make setup` on the workers (apt-installed if missing)'),
+    Setting('REMOTE_PYTHON', 'python3.12', 'interpreter for `make setup` on the workers (apt-installed if missing)'),
     # Training.
     Setting('CONFIG', 'configs/base.py', 'config file, relative to the checkout'),
     Setting('WORKDIR', None, 'gs:// directory for checkpoints and metrics; training resumes from it'),

@@ -10,7 +10,7 @@ import tensorflow as tf
 from merlot_jax.config import default_config
 from merlot_jax.data import bench
 from merlot_jax.data import frames as frames_lib
-from merlot_jax.train.flops import model_flops_per_example
+from merlot_jax.models.flops import model_flops_per_example
 from tests.script_runner import run_script
 
 

@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 from flax import nnx
 
+from merlot_jax.checkpoint import TrainCheckpointer
 from merlot_jax.data.frames import decode_frames
 from merlot_jax.data.tokenizer import START, load_tokenizer
 from merlot_jax.preprocess import synthetic
@@ -20,7 +21,6 @@ from merlot_jax.preprocess.video import probe_duration
 from merlot_jax.pretrained import load_pretrained
 from merlot_jax.tasks import features as fe
 from merlot_jax.tasks.story_ordering import load_story_model
-from merlot_jax.train.checkpoint import TrainCheckpointer
 from merlot_jax.train.state import TrainState
 from tests.models.testlib import pure_params
 from tests.script_runner import run_script

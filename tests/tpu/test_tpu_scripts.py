@@ -189,7 +189,7 @@ def test_install_copies_this_checkout_to_all_workers_and_runs_make_setup(fake):
   assert ssh[:8] == [*NODE, 'ssh', 'merlot-v3', *V3_WHERE, '--worker=all']
   command = remote_command(ssh)
   assert 'tar -xzf merlot_jax-src.tar.gz -C merlot_jax' in command
-  assert 'make -C merlot_jax setup PYTHON=python3.11' in command
+  assert 'make -C merlot_jax setup PYTHON=python3.12' in command
 
 
 def test_install_from_git(fake):
@@ -199,13 +199,13 @@ def test_install_from_git(fake):
   command = remote_command(ssh)
   assert 'git clone --quiet https://github.com/example/merlot_jax.git merlot_jax' in command
   assert 'git -C merlot_jax checkout --quiet --detach v0.1.0' in command
-  assert 'make -C merlot_jax setup PYTHON=python3.11' in command
+  assert 'make -C merlot_jax setup PYTHON=python3.12' in command
 
 
 def _fake_tools(bin_dir: Path, log: Path, python_ok: bool) -> dict:
-  """make, sudo and python3.11 that log their argv (python3.11 can pretend venv/ensurepip are missing)."""
+  """make, sudo and python3.12 that log their argv (python3.12 can pretend venv/ensurepip are missing)."""
   bin_dir.mkdir()
-  for tool, code in (('make', 0), ('sudo', 0), ('python3.11', 0 if python_ok else 1)):
+  for tool, code in (('make', 0), ('sudo', 0), ('python3.12', 0 if python_ok else 1)):
     path = bin_dir / tool
     path.write_text(f'#!/bin/bash\necho "{tool} $*" >> {log}\nexit {code}\n')
     path.chmod(0o755)
@@ -227,8 +227,8 @@ def test_install_command_runs_on_a_worker(fake, tmp_path):
     assert 'installed in merlot_jax' in result.stdout
   assert (home / 'merlot_jax' / 'scripts' / 'tpu' / 'tpu.py').is_file()
   calls = log.read_text().splitlines()
-  assert 'make -C merlot_jax setup PYTHON=python3.11' in calls
-  assert any(c.startswith('sudo DEBIAN_FRONTEND=noninteractive apt-get') and 'python3.11-venv' in c for c in calls)
+  assert 'make -C merlot_jax setup PYTHON=python3.12' in calls
+  assert any(c.startswith('sudo DEBIAN_FRONTEND=noninteractive apt-get') and 'python3.12-venv' in c for c in calls)
 
 
 def test_install_from_git_command_runs_on_a_worker(fake, tmp_path):
@@ -251,7 +251,7 @@ def test_install_from_git_command_runs_on_a_worker(fake, tmp_path):
   checkout = subprocess.run(['git', '-C', str(home / 'merlot_jax'), 'rev-parse', 'HEAD'], capture_output=True,
                             text=True).stdout
   assert checkout == head
-  assert log.read_text().count('make -C merlot_jax setup PYTHON=python3.11') == 2
+  assert log.read_text().count('make -C merlot_jax setup PYTHON=python3.12') == 2
   assert 'sudo' not in log.read_text()   # everything was there: no apt-get
 
 

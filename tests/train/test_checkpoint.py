@@ -13,10 +13,10 @@ import jax
 import numpy as np
 import pytest
 
-from merlot_jax import workdir
+from merlot_jax import checkpoint, workdir
 from merlot_jax.pretraining import report
 from merlot_jax.pretraining.task import PRETRAINING
-from merlot_jax.train import checkpoint, loop
+from merlot_jax.train import loop
 from tests.train.batches import micro_config, synthetic_batches
 
 RUNNER = pathlib.Path(__file__).with_name('run_training.py')

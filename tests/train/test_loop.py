@@ -9,11 +9,12 @@ import tensorflow as tf
 from flax import nnx
 
 from merlot_jax.config import load_config
+from merlot_jax.models import flops
 from merlot_jax.pretrained import load_pretrained
 from merlot_jax.pretraining import report
 from merlot_jax.pretraining.loss import pretraining_loss
 from merlot_jax.pretraining.task import PRETRAINING
-from merlot_jax.train import flops, loop, metrics
+from merlot_jax.train import loop, metrics
 from tests.train.batches import mark_poisoned, micro_config, nan_gradient_loss, synthetic_batch, synthetic_batches
 
 PAPER_GFLOPS = {'vit': 774, 'joint': 294, 'resnet': 212, 'langonly': 97, 'lm_head': 8}
@@ -39,11 +40,18 @@ def test_train_logs_evaluates_and_checkpoints(tmp_path):
                      devices=jax.devices()[:1])
   assert int(state.step) == 4
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit()) == ['2', '4']
-  tags = set()
+  # TensorFlow's own reader (an independent one) sees TF2 scalars: the tags, steps and values ours reads back.
+  by_tf: dict[str, dict[int, float]] = {}
   for path in (tmp_path / 'train').glob('events.out.tfevents.*'):
     for event in tf.compat.v1.train.summary_iterator(str(path)):
-      tags |= {v.tag for v in event.summary.value}
-  assert {'loss', 'mlm/loss', 'eval/loss', 'grad_norm', 'examples_per_sec', 'tflops_per_sec', 'compile_seconds'} <= tags
+      for v in event.summary.value:
+        by_tf.setdefault(v.tag, {})[event.step] = float(tf.make_ndarray(v.tensor))
+        assert v.tensor.dtype == tf.float32.as_datatype_enum and not v.tensor.tensor_shape.dim, v
+  tags = {'loss', 'mlm/loss', 'eval/loss', 'grad_norm', 'examples_per_sec', 'tflops_per_sec', 'compile_seconds'}
+  assert tags <= set(by_tf), sorted(by_tf)
+  assert {tag: sorted(steps.items()) for tag, steps in by_tf.items()} == report.read_scalars(tmp_path / 'train')
+  assert sorted(by_tf['loss']) == sorted(by_tf['eval/loss']) == [2, 4] and sorted(by_tf['compile_seconds']) == [1]
+  assert all(np.isfinite(v) and v > 0 for v in by_tf['loss'].values())
 
 
 def test_nonfinite_steps_are_skipped_counted_and_stop_the_run_when_persistent(tmp_path):

@@ -7,7 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from merlot_jax.train import bench, flops
+from merlot_jax import hardware
+from merlot_jax.models import flops
+from merlot_jax.train import bench
 from tests.models.testlib import REPO
 from tests.script_runner import run_script
 from tests.train.batches import micro_config
@@ -71,7 +73,7 @@ def test_gpu_peaks_by_device_kind():
   kinds = {'NVIDIA H200': 989, 'NVIDIA H100 80GB HBM3': 989, 'NVIDIA H100 PCIe': 756, 'NVIDIA A100-SXM4-80GB': 312,
            'NVIDIA A100 80GB PCIe': 312, 'NVIDIA L4': 121, 'Tesla V100-SXM2-16GB': 125, 'NVIDIA L40S': None,
            'cpu': None}
-  assert {k: bench.gpu_peak_tflops(k) for k in kinds} == kinds
+  assert {k: hardware.gpu_peak_tflops(k) for k in kinds} == kinds
 
 
 def test_cpu_peak_is_the_measured_matmul_peak(monkeypatch):

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import logging
 import os
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
+
+log = logging.getLogger(__name__)
 
 
 def as_path(path: str | os.PathLike) -> epath.Path:
@@ -33,7 +34,7 @@ class TrainCheckpointer:
   each host's data position, so the pipeline resumes with `start_step` / `start_position`).
   """
 
-  def __init__(self, directory: str | pathlib.Path, *, keep: int):
+  def __init__(self, directory: str | os.PathLike, *, keep: int):
     if keep < 1:
       raise ValueError(f'train.keep_checkpoints = {keep}: must be >= 1')
     self.directory = as_path(directory)
@@ -80,7 +81,7 @@ class TrainCheckpointer:
         failed.append((step, f'{type(e).__name__}: {str(e)[:300]}'))
         continue
       for bad, why in failed:
-        logging.warning('checkpoint of step %d in %s cannot be restored (%s); resuming from step %d and moving '
+        log.warning('checkpoint of step %d in %s cannot be restored (%s); resuming from step %d and moving '
                         'it to %d.unreadable', bad, self.directory, why, step, bad)
         self._set_aside(bad)
       return restored
