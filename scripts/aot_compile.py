@@ -17,8 +17,9 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app, flags  # noqa: E402
 
-from merlot_jax import flags as flags_lib
+from merlot_jax import flags as flags_lib  # noqa: E402
 from merlot_jax.config import validate  # noqa: E402
+from merlot_jax.pretraining.task import PRETRAINING  # noqa: E402
 from merlot_jax.train import aot  # noqa: E402
 
 _CONFIG = flags_lib.define_config(None, 'config name (configs/NAME.py) or file')
@@ -34,7 +35,7 @@ def main(argv) -> None:
   del argv
   config = validate(_CONFIG.value)
   try:
-    report, _ = aot.compile_train_step(config, _TOPOLOGY.value, unrolled_cost=_UNROLLED_COST.value)
+    report, _ = aot.compile_train_step(config, PRETRAINING, _TOPOLOGY.value, unrolled_cost=_UNROLLED_COST.value)
   except aot.DoesNotFitError as e:
     print(f'DOES NOT FIT: {e}', file=sys.stderr)
     sys.exit(1)

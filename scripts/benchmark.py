@@ -23,6 +23,7 @@ from absl import app, flags
 from merlot_jax import flags as flags_lib
 from merlot_jax.config import validate
 from merlot_jax.data import bench
+from merlot_jax.pretraining.task import PRETRAINING
 
 COMMANDS = ('data', 'train')
 _EXAMPLES = flags.DEFINE_integer('examples', 128, 'data: examples timed per measurement')
@@ -55,7 +56,7 @@ def run_train() -> None:
   config = validate(_CONFIG.value)
   if _FIND_MAX_BATCH.value:
     memory = train_bench.device_memory_bytes(_MEMORY_GIB.value)
-    best, _ = train_bench.find_max_batch(config, memory)
+    best, _ = train_bench.find_max_batch(config, PRETRAINING, memory)
     print(f'largest per-device batch whose compiled step fits {memory / train_bench.GiB:.1f} GiB: {best} '
           f'(global {train_bench.with_batch(config, best).train.global_batch_size})')
     return
@@ -63,8 +64,8 @@ def run_train() -> None:
     deep = copy.deepcopy(config)
     deep.model.num_joint_layers = deep.model.num_vision_layers = depth
     deep.model.num_langonly_layers = min(deep.model.num_langonly_layers, depth)
-    print(f'compile with {depth} layers: {train_bench.compile_seconds(deep):.1f} s', flush=True)
-  result = train_bench.run_train_benchmark(config, _STEPS.value, peak_tflops=_PEAK_TFLOPS.value,
+    print(f'compile with {depth} layers: {train_bench.compile_seconds(deep, PRETRAINING):.1f} s', flush=True)
+  result = train_bench.run_train_benchmark(config, PRETRAINING, _STEPS.value, peak_tflops=_PEAK_TFLOPS.value,
                                            flop_check=not _SKIP_FLOP_CHECK.value)
   print(train_bench.format_report(result))
 

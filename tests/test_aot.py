@@ -6,6 +6,7 @@ import pytest
 
 from merlot_jax import hardware
 from merlot_jax.config import validate
+from merlot_jax.pretraining.task import PRETRAINING
 from merlot_jax.train import aot
 from tests.train.batches import micro_config
 
@@ -49,7 +50,7 @@ def layer_heavy_config():
 
 @pytest.mark.slow
 def test_a_v5e_2x2_compile_fits_and_only_the_unrolled_xla_flops_match_the_analytic_count():
-  report, compiled = aot.compile_train_step(layer_heavy_config(), 'v5e:2x2')
+  report, compiled = aot.compile_train_step(layer_heavy_config(), PRETRAINING, 'v5e:2x2')
   assert report.num_devices == 4 and report.mesh == {'data': 2, 'fsdp': 2, 'tensor': 1}
   assert 0 < report.total_bytes < report.hbm_bytes == 16 * hardware.GiB
   assert report.argument_bytes > 0 and report.temp_bytes > 0
@@ -81,4 +82,4 @@ def test_an_oversized_step_fails_with_a_clear_message():
   config.model.vocab_size = 2**26  # a 16 GiB float32 token embedding (plus Adam moments) on one v5e chip
   validate(config)
   with pytest.raises(aot.DoesNotFitError, match=r'does not fit in HBM on v5e:1x1 .*remat'):
-    aot.compile_train_step(config, 'v5e:1x1')
+    aot.compile_train_step(config, PRETRAINING, 'v5e:1x1')

@@ -24,13 +24,6 @@ LAYER = {unit: i for i, units in enumerate(LAYERS) for unit in units}
 # Units whose modules, and everything they import, must run without the optional extras.
 CORE = ('config', 'extras', 'flags', 'hardware', 'sharding', 'checkpoint', 'workdir', 'models', 'train', 'pretrained',
         'pretraining')
-# Modules that import a not-yet-layered unit, listed with the reason (the test fails once one is fixed).
-KNOWN = {
-    ('train/aot.py', 'pretraining'): 'AOT compiles the pretraining step; it should take a Task',
-    ('train/bench.py', 'pretraining'): 'the benchmark times the pretraining step; it should take a Task',
-}
-
-
 def _unit(module: str) -> str | None:
   parts = module.split('.')
   return parts[1] if parts[0] == 'merlot_jax' and len(parts) > 1 else None
@@ -75,16 +68,13 @@ def test_no_module_imports_a_higher_layer():
       continue
     for module in sorted(_imports(path)):
       target = _unit(module)
-      if LAYER.get(target, 0) > LAYER[unit] and (rel.as_posix(), target) not in KNOWN:
+      if LAYER.get(target, 0) > LAYER[unit]:
         upward.append(f'{rel} (layer {LAYER[unit]}) imports {module} (layer {LAYER[target]})')
   assert not upward, '\n'.join(upward)
-  for (file, target), why in KNOWN.items():
-    assert any(_unit(m) == target for m in _imports(PACKAGE / file)), f'{file} no longer imports {target}: {why}'
 
 
 def test_no_import_cycle_between_units():
-  known = {(file.split('/')[0], target) for file, target in KNOWN}
-  edges = {edge: file for edge, file in _edges().items() if edge not in known}
+  edges = _edges()
   graph = collections.defaultdict(set)
   for a, b in edges:
     graph[a].add(b)

@@ -6,6 +6,8 @@ import ml_collections
 from flax import nnx
 
 from merlot_jax.data import batch_spec
+from merlot_jax.data.random_batch import random_batch
+from merlot_jax.models.flops import model_flops_per_example
 from merlot_jax.models.merlot import MerlotModel
 from merlot_jax.pretraining.loss import pretraining_loss
 from merlot_jax.train.task import Task
@@ -16,4 +18,5 @@ def merlot_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> MerlotMod
   return MerlotModel(config.model, rngs=rngs)
 
 
-PRETRAINING = Task('pretraining', merlot_model, pretraining_loss, batch_spec.PRETRAINING)
+PRETRAINING = Task('pretraining', merlot_model, pretraining_loss, batch_spec.PRETRAINING,
+                   flops_per_example=model_flops_per_example, example_batch=random_batch)

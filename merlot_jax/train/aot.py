@@ -25,9 +25,8 @@ from jax.sharding import Mesh
 
 from merlot_jax import sharding
 from merlot_jax.hardware import GiB, Topology, parse_topology
-from merlot_jax.models.flops import model_flops_per_example
-from merlot_jax.pretraining.task import PRETRAINING
 from merlot_jax.train import setup
+from merlot_jax.train.task import Task
 
 _FIT_ADVICE = 'Try more fsdp/tensor sharding, --config.model.remat_policy=full, or a smaller batch.'
 
@@ -193,10 +192,10 @@ def unrolled(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
-def _compile(config: ml_collections.ConfigDict, mesh: Mesh, setting: str) -> jax.stages.Compiled:
-  """Lowers and compiles the pretraining train step of `config` on `mesh` for its abstract state and global
+def _compile(config: ml_collections.ConfigDict, task: Task, mesh: Mesh, setting: str) -> jax.stages.Compiled:
+  """Lowers and compiles the task's train step for `config` on `mesh` for its abstract state and global
   batch; DoesNotFitError when XLA runs out of HBM."""
-  run = setup.build(config, PRETRAINING, mesh=mesh)
+  run = setup.build(config, task, mesh=mesh)
   with jax.set_mesh(mesh):
     lowered = run.jit_train_step.lower(run.abstract_state, run.abstract_batch())
     try:
@@ -208,8 +207,8 @@ def _compile(config: ml_collections.ConfigDict, mesh: Mesh, setting: str) -> jax
       raise
 
 
-def compile_train_step(config: ml_collections.ConfigDict, topology_name: str, *, unrolled_cost: bool = True
-                       ) -> tuple[Report, jax.stages.Compiled]:
+def compile_train_step(config: ml_collections.ConfigDict, task: Task, topology_name: str, *,
+                       unrolled_cost: bool = True) -> tuple[Report, jax.stages.Compiled]:
   """Compiles the full train step of `config` for the named slice and, with `unrolled_cost` (when the config
   scans its layers), the same step unrolled, for XLA's FLOPs and bytes of every layer. Raises DoesNotFitError
   (naming the topology, mesh, remat policy and sizes) when the step as configured does not fit in HBM, before
@@ -219,12 +218,12 @@ def compile_train_step(config: ml_collections.ConfigDict, topology_name: str, *,
   setting = (f'{topology.name} with mesh {dict(mesh.shape)}, remat {config.model.remat_policy!r}, global batch '
              f'{config.train.global_batch_size}')
   start = time.perf_counter()
-  compiled = _compile(config, mesh, setting)
+  compiled = _compile(config, task, mesh, setting)
   seconds, mem, cost = time.perf_counter() - start, compiled.memory_analysis(), xla_cost(compiled)
   report = Report(topology, mesh.size, dict(mesh.shape), config.model.remat_policy, config.train.global_batch_size,
                   mem.argument_size_in_bytes, mem.output_size_in_bytes, mem.alias_size_in_bytes,
                   mem.temp_size_in_bytes, mem.generated_code_size_in_bytes,
-                  model_flops_per_example(config) * config.train.global_batch_size, cost,
+                  task.flops_per_step(config), cost,
                   None if config.model.scan_layers else cost, config.train.total_steps, seconds, None)
   if not report.fits:
     raise DoesNotFitError(f'the train step does not fit in HBM on {setting}: it needs '
@@ -232,7 +231,7 @@ def compile_train_step(config: ml_collections.ConfigDict, topology_name: str, *,
                           f'{report.hbm_bytes / GiB:.0f} GiB. {_FIT_ADVICE}\n{report.format()}')
   if unrolled_cost and config.model.scan_layers:
     start = time.perf_counter()
-    full = _compile(unrolled(config), mesh, f'{setting}, unrolled (scan_layers=False) for its cost analysis '
+    full = _compile(unrolled(config), task, mesh, f'{setting}, unrolled (scan_layers=False) for its cost analysis '
                     'only; the scanned step fits: --nounrolled_cost skips this compile')
     report = dataclasses.replace(report, unrolled_cost=xla_cost(full),
                                  unrolled_compile_seconds=time.perf_counter() - start)

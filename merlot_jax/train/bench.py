@@ -19,11 +19,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from merlot_jax import hardware, sharding
-from merlot_jax.data.random_batch import random_batch
 from merlot_jax.hardware import GiB
-from merlot_jax.models import flops
-from merlot_jax.pretraining.task import PRETRAINING
 from merlot_jax.train import setup
+from merlot_jax.train.task import Task
 
 # Tolerance of the FLOP cross-check: |XLA / analytic - 1|, with XLA's cost analysis of the step compiled as
 # `flop_check_config` makes it: unrolled (XLA counts a scanned body once, not once per layer), no remat
@@ -83,19 +81,19 @@ def device_peak(peak_tflops: float | None = None) -> Peak:
   return Peak(matmul_peak(), 'measured float32 matmul peak of this machine')
 
 
-def compile_step(config: ml_collections.ConfigDict) -> tuple[jax.stages.Compiled, setup.Setup, float]:
-  """The config's pretraining train step compiled for its abstract state and global batch:
+def compile_step(config: ml_collections.ConfigDict, task: Task) -> tuple[jax.stages.Compiled, setup.Setup, float]:
+  """The task's train step for `config` compiled for its abstract state and global batch:
   (compiled, setup, compile seconds)."""
-  run = setup.build(config, PRETRAINING)
+  run = setup.build(config, task)
   start = time.perf_counter()
   with jax.set_mesh(run.mesh):
     compiled = run.jit_train_step.lower(run.abstract_state, run.abstract_batch()).compile()
   return compiled, run, time.perf_counter() - start
 
 
-def compile_seconds(config: ml_collections.ConfigDict) -> float:
+def compile_seconds(config: ml_collections.ConfigDict, task: Task) -> float:
   """Wall time to compile the train step (scan over layers keeps it nearly flat in depth)."""
-  return compile_step(config)[-1]
+  return compile_step(config, task)[-1]
 
 
 def compiled_bytes(compiled: jax.stages.Compiled) -> int:
@@ -122,18 +120,19 @@ def flop_check_config(config: ml_collections.ConfigDict) -> ml_collections.Confi
   return c
 
 
-def unrolled_xla_flops(config: ml_collections.ConfigDict) -> float:
+def unrolled_xla_flops(config: ml_collections.ConfigDict, task: Task) -> float:
   """XLA's FLOPs of one train step of `flop_check_config(config)`, summed over devices."""
-  return _xla_flops(compile_step(flop_check_config(config))[0])
+  return _xla_flops(compile_step(flop_check_config(config), task)[0])
 
 
-def check_flops(config: ml_collections.ConfigDict, xla_flops: float, tolerance: float = FLOP_TOLERANCE) -> float:
+def check_flops(config: ml_collections.ConfigDict, task: Task, xla_flops: float,
+                tolerance: float = FLOP_TOLERANCE) -> float:
   """Returns XLA / analytic FLOPs per step; raises FlopCountError with both numbers when they disagree by
   more than `tolerance`."""
-  analytic = flops.model_flops_per_example(config) * config.train.global_batch_size
+  analytic = task.flops_per_step(config)
   ratio = xla_flops / analytic
   if abs(ratio - 1) > tolerance:
-    raise FlopCountError(f'FLOPs per train step: analytic (merlot_jax/models/flops.py) {analytic:.4g}, XLA '
+    raise FlopCountError(f'FLOPs per train step: analytic ({task.name}.flops_per_example) {analytic:.4g}, XLA '
                          f'cost analysis of the unrolled step {xla_flops:.4g}: ratio {ratio:.3f}, outside '
                          f'1 +- {tolerance} (FLOP_TOLERANCE in merlot_jax/train/bench.py); MFU would be wrong')
   return ratio
@@ -163,8 +162,10 @@ class TrainBenchResult:
 
 def _time_steps(compiled: jax.stages.Compiled, run: setup.Setup, steps: int) -> float:
   """Seconds per step of `compiled` on a fresh state and a random batch (after one warm-up step)."""
+  if run.task.example_batch is None:
+    raise ValueError(f'task {run.task.name!r} gives no example_batch to time its steps on')
   state = run.init_state()
-  batch = run.global_batch(random_batch(run.config, run.config.train.global_batch_size, 0))
+  batch = run.global_batch(run.task.example_batch(run.config, run.config.train.global_batch_size, 0))
   with jax.set_mesh(run.mesh):
     state, out = compiled(state, batch)  # warm-up
     jax.block_until_ready(out)
@@ -175,20 +176,20 @@ def _time_steps(compiled: jax.stages.Compiled, run: setup.Setup, steps: int) -> 
   return (time.perf_counter() - start) / steps
 
 
-def run_train_benchmark(config: ml_collections.ConfigDict, steps: int = 5, *, peak_tflops: float | None = None,
-                        flop_check: bool = True) -> TrainBenchResult:
+def run_train_benchmark(config: ml_collections.ConfigDict, task: Task, steps: int = 5, *,
+                        peak_tflops: float | None = None, flop_check: bool = True) -> TrainBenchResult:
   """Compiles and times the config's train step; with `flop_check`, first checks the analytic FLOPs against
   XLA's (`check_flops`: raises FlopCountError), from the benchmarked step itself when it is already the
   `flop_check_config`, else from a second compile of that."""
-  compiled, run, seconds = compile_step(config)
+  flops_per_step = task.flops_per_step(config)
+  compiled, run, seconds = compile_step(config, task)
   xla_flops = None
   if flop_check:
     same = flop_check_config(config).to_dict() == config.to_dict()
-    xla_flops = _xla_flops(compiled) if same else unrolled_xla_flops(config)
-    check_flops(config, xla_flops)
+    xla_flops = _xla_flops(compiled) if same else unrolled_xla_flops(config, task)
+    check_flops(config, task, xla_flops)
   step_seconds = _time_steps(compiled, run, steps)
   stats = jax.local_devices()[0].memory_stats() or {}
-  flops_per_step = flops.model_flops_per_example(config) * config.train.global_batch_size
   return TrainBenchResult(jax.devices()[0].device_kind, jax.device_count(), config.train.global_batch_size,
                           seconds, step_seconds, flops_per_step, xla_flops, device_peak(peak_tflops),
                           compiled_bytes(compiled), stats.get('peak_bytes_in_use'))
@@ -218,11 +219,11 @@ def with_batch(config: ml_collections.ConfigDict, per_device_batch: int) -> ml_c
   return c
 
 
-def step_bytes(config: ml_collections.ConfigDict, per_device_batch: int) -> int:
+def step_bytes(config: ml_collections.ConfigDict, task: Task, per_device_batch: int) -> int:
   """Per-device compiled memory of the train step at `per_device_batch` (a failed, out-of-memory compile
   counts as not fitting: the maximum int64)."""
   try:
-    return compiled_bytes(compile_step(with_batch(config, per_device_batch))[0])
+    return compiled_bytes(compile_step(with_batch(config, per_device_batch), task)[0])
   except jax.errors.JaxRuntimeError as e:
     if 'RESOURCE_EXHAUSTED' in str(e) or 'out of memory' in str(e).lower():
       return np.iinfo(np.int64).max
@@ -239,14 +240,14 @@ def device_memory_bytes(memory_gib: float | None = None) -> int:
   return int(limit)
 
 
-def find_max_batch(config: ml_collections.ConfigDict, memory_bytes: int, *, limit: int = 4096,
+def find_max_batch(config: ml_collections.ConfigDict, task: Task, memory_bytes: int, *, limit: int = 4096,
                    log: Callable[[str], None] = print) -> tuple[int, dict[int, int]]:
   """The largest per-device batch whose compiled train step needs at most `memory_bytes` per device (0 if
   not even 1 fits), by doubling from 1 and then bisecting; also every size tried -> its compiled bytes."""
   tried: dict[int, int] = {}
 
   def fits(b: int) -> bool:
-    tried[b] = step_bytes(config, b)
+    tried[b] = step_bytes(config, task, b)
     log(f'per-device batch {b}: {tried[b] / GiB:.2f} GiB compiled: {"fits" if tried[b] <= memory_bytes else "too big"}')
     return tried[b] <= memory_bytes
 

@@ -110,6 +110,7 @@ def train(config: ml_collections.ConfigDict, task: Task, workdir: str | pathlib.
   state, start, position = _restore_or_init(setup, ckpt)
   batches = batches_factory(start, position)
   logger = metrics_lib.MetricsLogger(config, workdir, total_steps=t.total_steps, start_step=start,
+                                     flops_per_example=task.flops_per_example and task.flops_per_example(config),
                                      peak_flops_per_device=peak_flops_per_device, num_devices=setup.mesh.size,
                                      progress=progress)
   evaluate_now = lambda step: (eval_batches_factory is not None and t.get('eval_every', 0)

@@ -1,6 +1,6 @@
-"""Training metrics: one log line per interval, TensorBoard, progress bar, throughput and MFU (FLOPs from
-flops.py), and the count of steps the non-finite guard skipped (train/step.py), stopping the run after too
-many in a row."""
+"""Training metrics: one log line per interval, TensorBoard, progress bar, throughput and MFU (from the
+task's analytic FLOPs per example), and the count of steps the non-finite guard skipped (train/step.py),
+stopping the run after too many in a row."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import numpy as np
 import tqdm
 from etils import epath
 
-from merlot_jax.models.flops import model_flops_per_example
 from merlot_jax.train import logs
 from merlot_jax.train.summary import SummaryWriter
 
@@ -44,10 +43,11 @@ class MetricsLogger:
   """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, total_steps: int,
-               start_step: int, peak_flops_per_device: float | None = None, num_devices: int = 1,
+               start_step: int, flops_per_example: float | None = None,
+               peak_flops_per_device: float | None = None, num_devices: int = 1,
                progress: bool = True, name: str = 'train', clock: Callable[[], float] = time.perf_counter):
     self.batch_size = config.train.global_batch_size
-    self.flops_per_example = model_flops_per_example(config)
+    self.flops_per_example = flops_per_example
     self.peak = None if peak_flops_per_device is None else peak_flops_per_device * num_devices
     self.primary = jax.process_index() == 0
     self.writer = SummaryWriter(epath.Path(workdir) / name) if self.primary else None
@@ -85,9 +85,10 @@ class MetricsLogger:
     mean['skipped_steps'] = self.skipped_steps
     mean['examples_per_sec'] = steps * self.batch_size / seconds
     mean['steps_per_sec'] = steps / seconds
-    mean['tflops_per_sec'] = mean['examples_per_sec'] * self.flops_per_example / 1e12
-    if self.peak:
-      mean['mfu'] = mean['tflops_per_sec'] * 1e12 / self.peak
+    if self.flops_per_example:
+      mean['tflops_per_sec'] = mean['examples_per_sec'] * self.flops_per_example / 1e12
+      if self.peak:
+        mean['mfu'] = mean['tflops_per_sec'] * 1e12 / self.peak
     self.write(step, mean)
     return mean
 

@@ -1,6 +1,7 @@
 """The train benchmark: the analytic-vs-XLA FLOP cross-check (passes on the real model, fails when the count is
 off), the GPU peak table, the report, and the largest-batch search."""
 
+import dataclasses
 import re
 
 import jax
@@ -9,6 +10,7 @@ import pytest
 
 from merlot_jax import hardware
 from merlot_jax.models import flops
+from merlot_jax.pretraining.task import PRETRAINING
 from merlot_jax.train import bench
 from tests.models.testlib import REPO
 from tests.script_runner import run_script
@@ -20,23 +22,22 @@ def result():
   """One benchmark of the micro config compiled unrolled (so the timed step is also the FLOP check's)."""
   config = micro_config()
   config.model.scan_layers = False
-  return config, bench.run_train_benchmark(config, steps=1, peak_tflops=1.0)
+  return config, bench.run_train_benchmark(config, PRETRAINING, steps=1, peak_tflops=1.0)
 
 
 def test_flop_cross_check_passes_on_the_real_model(result):
   config, r = result
-  ratio = bench.check_flops(config, r.xla_flops_per_step)
+  ratio = bench.check_flops(config, PRETRAINING, r.xla_flops_per_step)
   assert abs(ratio - 1) <= bench.FLOP_TOLERANCE
   assert ratio == r.xla_flops_per_step / r.model_flops_per_step
   assert r.model_flops_per_step == flops.model_flops_per_example(config) * config.train.global_batch_size
 
 
-def test_flop_cross_check_raises_with_both_numbers_when_the_analytic_count_is_off(result, monkeypatch):
+def test_flop_cross_check_raises_with_both_numbers_when_the_analytic_count_is_off(result):
   config, r = result
-  real = flops.model_flops_per_example
-  monkeypatch.setattr(flops, 'model_flops_per_example', lambda c, **kw: real(c, **kw) / 2)
+  halved = dataclasses.replace(PRETRAINING, flops_per_example=lambda c: flops.model_flops_per_example(c) / 2)
   with pytest.raises(bench.FlopCountError) as e:
-    bench.check_flops(config, r.xla_flops_per_step)
+    bench.check_flops(config, halved, r.xla_flops_per_step)
   message = str(e.value)
   assert f'{r.model_flops_per_step / 2:.4g}' in message and f'{r.xla_flops_per_step:.4g}' in message
   assert f'ratio {2 * r.xla_flops_per_step / r.model_flops_per_step:.3f}' in message
@@ -60,10 +61,10 @@ def test_unrolled_xla_flops_compiles_unrolled_without_remat_or_cudnn_and_sums_de
     def cost_analysis(self):
       return {'flops': 10.0}
 
-  monkeypatch.setattr(bench, 'compile_step', lambda c: (seen.append(c.model), (Compiled(), None, 0.0))[1])
+  monkeypatch.setattr(bench, 'compile_step', lambda c, task: (seen.append(c.model), (Compiled(), None, 0.0))[1])
   config = micro_config()
   config.model.remat_policy, config.model.dtype, config.model.attention_impl = 'full', 'bfloat16', 'cudnn'
-  assert bench.unrolled_xla_flops(config) == 10.0 * jax.device_count()
+  assert bench.unrolled_xla_flops(config, PRETRAINING) == 10.0 * jax.device_count()
   m = seen[0]
   assert not m.scan_layers and m.remat_policy == 'none' and m.attention_impl == 'xla' and m.dtype == 'bfloat16'
   assert config.model.scan_layers and config.model.remat_policy == 'full'  # the caller's config is untouched
@@ -86,8 +87,8 @@ def test_cpu_peak_is_the_measured_matmul_peak(monkeypatch):
 @pytest.mark.parametrize('memory_mib, best', [(100, 30), (13, 1), (12, 0), (10_000, 64)])
 def test_find_max_batch_doubles_then_bisects(monkeypatch, memory_mib, best):
   mib = 2**20
-  monkeypatch.setattr(bench, 'step_bytes', lambda config, b: (10 + 3 * b) * mib)  # fits iff b <= (M - 10) / 3
-  found, tried = bench.find_max_batch(micro_config(), memory_mib * mib, limit=64, log=lambda line: None)
+  monkeypatch.setattr(bench, 'step_bytes', lambda config, task, b: (10 + 3 * b) * mib)  # fits iff b <= (M - 10) / 3
+  found, tried = bench.find_max_batch(micro_config(), PRETRAINING, memory_mib * mib, limit=64, log=lambda line: None)
   assert found == best
   assert len(tried) <= 2 * int(np.log2(64)) + 1
   if memory_mib == 100:
