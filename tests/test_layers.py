@@ -13,8 +13,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'merlot_jax'
 
 # Lowest first. A unit is a subpackage of merlot_jax or a module at its top.
 LAYERS = (
-    ('config', 'configs', 'extras', 'flags', 'hardware', 'sharding', 'checkpoint', 'workdir'),  # ground: settings,
-    # hardware tables, the mesh, the run's folder and its Orbax checkpoints
+    # ground: settings, hardware tables, token ids, the mesh, the run's folder and its Orbax checkpoints
+    ('config', 'configs', 'extras', 'flags', 'hardware', 'special_tokens', 'sharding', 'checkpoint', 'workdir'),
     ('models',),
     ('data',),  # online input and every batch spec
     ('train', 'pretrained'),  # the task-agnostic trainer, loading params
@@ -22,8 +22,8 @@ LAYERS = (
 )
 LAYER = {unit: i for i, units in enumerate(LAYERS) for unit in units}
 # Units whose modules, and everything they import, must run without the optional extras.
-CORE = ('config', 'extras', 'flags', 'hardware', 'sharding', 'checkpoint', 'workdir', 'models', 'train', 'pretrained',
-        'pretraining')
+CORE = ('config', 'extras', 'flags', 'hardware', 'special_tokens', 'sharding', 'checkpoint', 'workdir', 'models',
+        'train', 'pretrained', 'pretraining')
 def _unit(module: str) -> str | None:
   parts = module.split('.')
   return parts[1] if parts[0] == 'merlot_jax' and len(parts) > 1 else None

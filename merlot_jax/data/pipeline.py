@@ -42,8 +42,8 @@ from merlot_jax.data import batch_spec
 from merlot_jax.data.batch_spec import Field
 from merlot_jax.data.frames import FRAME_UNIFORMS, decode_frames
 from merlot_jax.data.record_format import FEATURES
-from merlot_jax.data.tokenizer import NEXT_CAPTION_START, START
 from merlot_jax.extras import import_extra
+from merlot_jax.special_tokens import NEXT_CAPTION_START, START
 
 tf = import_extra('tensorflow', 'data')
 

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 
 from merlot_jax.data import batch_spec
-from merlot_jax.data.tokenizer import NUM_SPECIAL, START
+from merlot_jax.special_tokens import NUM_SPECIAL, START
 
 
 def random_batch(config: ml_collections.ConfigDict, batch_size: int, seed: int) -> dict[str, np.ndarray]:

@@ -14,14 +14,7 @@ import ml_collections
 import sentencepiece as spm
 import tokenizers
 
-PAD = 0
-MASK = 1
-START = 2
-END = 3
-NEXT_CAPTION_TIME = 4
-NEXT_CAPTION_START = 5
-NEXT_CAPTION_END = 6
-NUM_SPECIAL = 100
+from merlot_jax.special_tokens import NUM_SPECIAL
 
 # Embedding rows of the released MERLOT weights (model/configs/merlot.yaml): 50257 GPT-2 ids + 100, padded.
 GPT2_VOCAB_SIZE = 50370

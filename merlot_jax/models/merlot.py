@@ -24,8 +24,7 @@ from merlot_jax.models.heads import ContrastiveProjection, LMHead, TemporalHead
 from merlot_jax.models.layers import LayerNorm, dropout, param, truncated_normal
 from merlot_jax.models.transformer import TransformerSpec, TransformerStack
 from merlot_jax.models.vit import HybridViT, PositionTable2D, VisionOutput
-
-PAD_ID = 0
+from merlot_jax.special_tokens import PAD
 
 
 def segment_first_tokens(x: jax.Array, num_segments: int) -> jax.Array:
@@ -152,7 +151,7 @@ class MerlotModel(nnx.Module):
     visual = self.frame_tokens(vision, image_index)
     ids = einops.rearrange(input_ids, 'b (k n) t -> (b k) (n t)', n=m.segments_per_group)
     text = self.embed_text(ids, self.joint_positions[...], self.joint_embed_norm, rng_embed)
-    valid = jnp.concatenate([jnp.ones(visual.shape[:2], bool), ids != PAD_ID], axis=1)
+    valid = jnp.concatenate([jnp.ones(visual.shape[:2], bool), ids != PAD], axis=1)
     x = sharding.constrain(jnp.concatenate([visual, text.astype(visual.dtype)], axis=1), ('batch', 'seq', 'embed'))
     hidden, attention = self.encoder(x, valid, dropout_rng=rng_enc, return_probs=return_attention)
     return JointOutput(visual, text, valid, hidden[:, :s.visual_len], hidden[:, s.visual_len:], attention)
@@ -165,7 +164,7 @@ class MerlotModel(nnx.Module):
     rng_embed, rng_enc = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
     ids = einops.rearrange(input_ids, 'b n t -> b (n t)')
     x = self.embed_text(ids, self.langonly_positions[...], self.langonly_embed_norm, rng_embed)
-    hidden, attention = self.encoder(x, ids != PAD_ID, num_layers=m.num_langonly_layers, dropout_rng=rng_enc,
+    hidden, attention = self.encoder(x, ids != PAD, num_layers=m.num_langonly_layers, dropout_rng=rng_enc,
                                      return_probs=return_attention)
     return LanguageOnlyOutput(hidden, segment_first_tokens(hidden, m.num_segments), attention)
 

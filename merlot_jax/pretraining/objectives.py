@@ -20,9 +20,8 @@ import ml_collections
 
 from merlot_jax.config import CHOICES
 from merlot_jax.models.layers import l2_normalize
+from merlot_jax.special_tokens import MASK, NUM_SPECIAL
 
-MASK_ID = 1
-NUM_SPECIAL_IDS = 100  # ids below this are special (pad, MASK, START, ...) and never chosen on purpose
 ORIGINAL_EASY_INDEX = 64  # the released code's 'easy frame' test: image index < 64
 _NONTOPK_WEIGHT = 0.01  # the original's weight of a token outside the most-attended set
 
@@ -111,7 +110,7 @@ def mask_positions(input_ids: jax.Array, attention: jax.Array | None, gumbel: ja
   chex.assert_shape([extra_lower, extra_upper], (g, num_to_mask))
   if attention is not None:
     chex.assert_shape(attention, (g, seq_len))
-  is_special = (input_ids < NUM_SPECIAL_IDS).astype(jnp.float32)
+  is_special = (input_ids < NUM_SPECIAL).astype(jnp.float32)
   weight = _mask_weights(is_special, attention, num_topk, cfg)
 
   log_weight = jnp.log(weight) - 1e8 * is_special
@@ -136,7 +135,7 @@ def replace_masked(input_ids: jax.Array, masked_idx: jax.Array, option: jax.Arra
   chex.assert_equal_shape([input_ids, option, random_ids])
   is_masked = jnp.any(masked_idx[:, :, None] == jnp.arange(input_ids.shape[1]), axis=1)
   option = jnp.where(is_masked, option, 0)
-  return jnp.select([option == 1, option == 2], [jnp.full_like(input_ids, MASK_ID), random_ids],
+  return jnp.select([option == 1, option == 2], [jnp.full_like(input_ids, MASK), random_ids],
                     input_ids).astype(input_ids.dtype)
 
 
@@ -168,7 +167,7 @@ def span_mask(rng: jax.Array, input_ids: jax.Array, attention: jax.Array | None,
       cfg)
   replace_logits = jnp.log(jnp.asarray(cfg.mask_replace_probs, jnp.float32))
   option = jax.random.categorical(k_option, replace_logits, shape=(g, seq_len))
-  random_ids = jax.random.randint(k_random, (g, seq_len), NUM_SPECIAL_IDS, vocab_size, input_ids.dtype)
+  random_ids = jax.random.randint(k_random, (g, seq_len), NUM_SPECIAL, vocab_size, input_ids.dtype)
   return replace_masked(input_ids, masked_idx, option, random_ids), masked_idx
 
 

@@ -22,6 +22,7 @@ from etils import epath
 
 from merlot_jax.pretraining import objectives
 from merlot_jax.pretraining.loss import RETRIEVAL_METRICS
+from merlot_jax.special_tokens import NUM_SPECIAL
 from merlot_jax.train.summary import read_scalars as read_scalars  # the curves' source: the run's <workdir>/train
 
 PLOTTED = (('loss', 'total loss'), ('mlm/loss', 'masked LM loss'), ('contrastive/loss', 'contrastive loss'),
@@ -68,7 +69,7 @@ def chance_levels(batches: Iterable[Mapping[str, np.ndarray]], config: ml_collec
   tokens, labels, weights = collections.Counter(), [], []
   for b in batches:
     ids = b['input_ids'][..., 1:].reshape(-1)
-    tokens.update(ids[ids >= objectives.NUM_SPECIAL_IDS].tolist())
+    tokens.update(ids[ids >= NUM_SPECIAL].tolist())
     groups = b['video_src_ids'].reshape(-1, m.segments_per_group)
     labels.append(np.asarray(objectives.temporal_labels(groups)))
     weights.append(np.asarray(objectives.temporal_pair_weights(

@@ -31,10 +31,11 @@ from etils import epath
 from flax import nnx
 
 from merlot_jax.data.frames import decode_frames
-from merlot_jax.data.tokenizer import PAD, START, Tokenizer
+from merlot_jax.data.tokenizer import Tokenizer
 from merlot_jax.extras import import_extra
 from merlot_jax.models.merlot import MerlotModel
 from merlot_jax.preprocess.framed_segments import VideoInput, find_videos, process_video
+from merlot_jax.special_tokens import PAD, START
 
 tf = import_extra('tensorflow', 'data')
 

@@ -27,8 +27,9 @@ import ml_collections
 import numpy as np
 
 from merlot_jax.data.frames import FRAME_UNIFORMS, decode_frames
-from merlot_jax.data.tokenizer import END, PAD, START, Tokenizer
+from merlot_jax.data.tokenizer import Tokenizer
 from merlot_jax.extras import import_extra
+from merlot_jax.special_tokens import END, PAD, START
 from merlot_jax.tasks import tvqa, vcr
 from merlot_jax.tasks.release import Problem, Release, ReleaseBuilder, frame_choice
 

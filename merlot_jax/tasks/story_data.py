@@ -41,8 +41,9 @@ import ml_collections
 import numpy as np
 
 from merlot_jax.data.frames import decode_frames
-from merlot_jax.data.tokenizer import PAD, START, Tokenizer
+from merlot_jax.data.tokenizer import Tokenizer
 from merlot_jax.extras import import_extra
+from merlot_jax.special_tokens import PAD, START
 
 tf = import_extra('tensorflow', 'data')
 tfds = import_extra('tensorflow_datasets', 'data')

@@ -9,7 +9,7 @@ import tensorflow as tf
 from merlot_jax.config import default_config
 from merlot_jax.data import frames as frames_lib
 from merlot_jax.data import pipeline
-from merlot_jax.data.tokenizer import NEXT_CAPTION_START, START
+from merlot_jax.special_tokens import NEXT_CAPTION_START, START
 
 N, L, G = 4, 8, 2  # segments, tokens per segment, segments per group
 FRAME_HW = (48, 80)  # stored frames: a different aspect from the model's 64x96, so both paths pad

@@ -6,6 +6,7 @@ import json
 import ml_collections
 import pytest
 
+from merlot_jax import special_tokens as special
 from merlot_jax.data import tokenizer as tk
 from tests.script_runner import run_script
 
@@ -41,15 +42,16 @@ def test_gpt2_bpe_hand_worked_ids(gpt2_dir, text, ids):
 
 def test_gpt2_bpe_specials_vocab_and_name(gpt2_dir):
   tok = tk.Gpt2BpeTokenizer(gpt2_dir / 'encoder.json', gpt2_dir / 'vocab.bpe')
-  assert tok.decode([tk.START, 110, 103, tk.END, tk.PAD]) == 'hello'
+  assert tok.decode([special.START, 110, 103, special.END, special.PAD]) == 'hello'
   assert tok.vocab_size == 50370
   digest = hashlib.sha256((gpt2_dir / 'encoder.json').read_bytes() + (gpt2_dir / 'vocab.bpe').read_bytes())
   assert tok.name == f'gpt2bpe:{gpt2_dir.name}:{digest.hexdigest()[:12]}'
 
 
 def test_special_ids_match_the_original():
-  assert (tk.PAD, tk.MASK, tk.START, tk.END) == (0, 1, 2, 3)
-  assert (tk.NEXT_CAPTION_TIME, tk.NEXT_CAPTION_START, tk.NEXT_CAPTION_END, tk.NUM_SPECIAL) == (4, 5, 6, 100)
+  assert (special.PAD, special.MASK, special.START, special.END) == (0, 1, 2, 3)
+  assert (special.NEXT_CAPTION_TIME, special.NEXT_CAPTION_START, special.NEXT_CAPTION_END) == (4, 5, 6)
+  assert special.NUM_SPECIAL == 100
 
 
 @pytest.fixture(scope='module')
@@ -79,7 +81,7 @@ def test_sentencepiece_ids_round_trip_and_size(tmp_path, corpus):
     assert ids and min(ids) >= 100 and max(ids) < tok.vocab_size
     assert tok.decode(ids) == s
   ids = tok.encode(sentences[0])
-  assert tok.decode([tk.START, *ids, tk.END, tk.PAD]) == sentences[0]
+  assert tok.decode([special.START, *ids, special.END, special.PAD]) == sentences[0]
   assert tok.name == f'sentencepiece:sp.model:{hashlib.sha256(model.read_bytes()).hexdigest()[:12]}'
 
 

@@ -14,11 +14,12 @@ from flax import nnx
 
 from merlot_jax.checkpoint import TrainCheckpointer
 from merlot_jax.data.frames import decode_frames
-from merlot_jax.data.tokenizer import START, load_tokenizer
+from merlot_jax.data.tokenizer import load_tokenizer
 from merlot_jax.preprocess import synthetic
 from merlot_jax.preprocess.framed_segments import find_videos, process_video
 from merlot_jax.preprocess.video import probe_duration
 from merlot_jax.pretrained import load_pretrained
+from merlot_jax.special_tokens import START
 from merlot_jax.tasks import features as fe
 from merlot_jax.tasks.story_ordering import load_story_model
 from merlot_jax.train.state import TrainState

@@ -12,8 +12,9 @@ import pytest
 from PIL import Image
 
 from merlot_jax.config import load_config
-from merlot_jax.data.tokenizer import PAD, START, train_sentencepiece
+from merlot_jax.data.tokenizer import train_sentencepiece
 from merlot_jax.models.merlot import build_model
+from merlot_jax.special_tokens import PAD, START
 from merlot_jax.tasks import finetune as ft
 from merlot_jax.tasks import mc_data
 from merlot_jax.workdir import load_config as load_workdir_config

@@ -19,9 +19,10 @@ from flax import nnx
 from PIL import Image
 
 from merlot_jax.config import load_config
-from merlot_jax.data.tokenizer import PAD, START, train_sentencepiece
+from merlot_jax.data.tokenizer import train_sentencepiece
 from merlot_jax.models.merlot import MerlotModel
 from merlot_jax.preprocess import video
+from merlot_jax.special_tokens import PAD, START
 from merlot_jax.tasks import finetune as ft
 from merlot_jax.tasks import msrvtt_qa, open_qa
 from merlot_jax.workdir import save_params

@@ -11,8 +11,8 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from merlot_jax.config import load_config
-from merlot_jax.data.tokenizer import PAD, START
 from merlot_jax.preprocess import synthetic
+from merlot_jax.special_tokens import PAD, START
 from merlot_jax.tasks import story_data
 from merlot_jax.tasks.story_ordering import story_config
 from tests.models.testlib import REPO

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from merlot_jax.config import load_config
-from merlot_jax.data.tokenizer import END, PAD, START, load_tokenizer, train_sentencepiece
+from merlot_jax.data.tokenizer import load_tokenizer, train_sentencepiece
+from merlot_jax.special_tokens import END, PAD, START
 from merlot_jax.tasks import finetune as ft
 from merlot_jax.tasks import leaderboard, mc_data, vcr
 from tests.script_runner import run_script
