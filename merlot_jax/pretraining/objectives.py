@@ -17,6 +17,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 
 from merlot_jax.config import CHOICES
 from merlot_jax.models.layers import l2_normalize
@@ -184,9 +185,8 @@ def gather_masked(x: jax.Array, masked_idx: jax.Array) -> jax.Array:
 
 
 def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Per-row CE: logits [..., classes] float, labels [...] int -> [...] float32."""
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  return -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
+  """Per-row CE in float32: logits [..., classes], labels [...] int -> [...]."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
 def masked_lm_loss(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:

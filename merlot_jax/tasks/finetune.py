@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -125,8 +126,7 @@ def multiple_choice_loss(logits: jax.Array, labels: jax.Array, weight: jax.Array
   chex.assert_shape(labels, logits.shape[:1])
   weight = jnp.ones(labels.shape, jnp.float32) if weight is None else weight.astype(jnp.float32)
   logits = logits.astype(jnp.float32)
-  log_probs = jax.nn.log_softmax(logits, axis=-1)
-  nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=1)[:, 0]
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
   total = jnp.maximum(jnp.sum(weight), 1.0)
   loss = jnp.sum(weight * nll) / total

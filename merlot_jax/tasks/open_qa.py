@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -78,8 +79,7 @@ def answer_loss(logits: jax.Array, answer: jax.Array, weight: jax.Array) -> tupl
   chex.assert_shape([answer, weight], logits.shape[:1])
   weight = weight.astype(jnp.float32)
   trained = weight * (answer >= 0)
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  nll = -jnp.take_along_axis(log_probs, jnp.maximum(answer, 0)[:, None], axis=1)[:, 0]
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), jnp.maximum(answer, 0))
   correct = (jnp.argmax(logits, axis=-1) == answer).astype(jnp.float32)
   loss = jnp.sum(trained * nll) / jnp.maximum(jnp.sum(trained), 1.0)
   return loss, {'loss': loss, 'accuracy': jnp.sum(weight * correct) / jnp.maximum(jnp.sum(weight), 1.0)}
