@@ -1,4 +1,5 @@
-"""Loading a MERLOT model from disk: a params checkpoint or a training workdir, one call.
+"""Loading MERLOT parameters from disk: a params checkpoint or a training workdir, one place for every caller
+(load_pretrained, finetuning's --init, story ordering, features, predict, scripts/export_params.py).
 
   model, config = merlot_jax.load_pretrained('converted/')            # config.json + params/
   model, config = merlot_jax.load_pretrained('workdir/demo')          # config.json + checkpoints/<step>/
@@ -15,6 +16,7 @@ import os
 from collections.abc import Callable
 
 import ml_collections
+from etils import epath
 from flax import nnx
 
 from merlot_jax import workdir
@@ -22,6 +24,38 @@ from merlot_jax.checkpoint import as_path
 from merlot_jax.models.merlot import MerlotModel
 
 ConfigFn = Callable[[ml_collections.ConfigDict], ml_collections.ConfigDict]
+
+
+def _checkpoint_kind(directory: epath.Path, step: int | None) -> str:
+  """'params' (config.json + params/) or 'workdir' (config.json + checkpoints/); a clear error otherwise."""
+  is_params, is_workdir = (directory / workdir.PARAMS_DIR).is_dir(), (directory / workdir.CHECKPOINTS_DIR).is_dir()
+  if not (directory / workdir.CONFIG_FILE).is_file() or not (is_params or is_workdir):
+    contents = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else 'nothing (no such folder)'
+    raise FileNotFoundError(
+        f'{directory}: neither a params checkpoint (config.json + params/, from save_params, '
+        f'scripts/export_params.py or scripts/convert_tf_checkpoint.py) nor a training workdir (config.json + '
+        f'checkpoints/, from scripts/pretrain.py); it holds {contents}')
+  if is_params and step is not None:
+    raise ValueError(f'{directory} is a params checkpoint (one set of parameters): step={step} applies to '
+                     'training workdirs only')
+  return 'params' if is_params else 'workdir'
+
+
+def pretrained_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
+  """The config saved with a params checkpoint or a training workdir (its config.json)."""
+  directory = as_path(path)
+  _checkpoint_kind(directory, None)
+  return workdir.load_config(directory)
+
+
+def restore_pretrained(path: str | os.PathLike, model: nnx.Module, step: int | None = None) -> None:
+  """Reads into `model`, in the shardings its params have, the parameters of a params checkpoint or of a
+  training workdir's checkpoint at `step` (default: the latest; only the params, never the optimizer state)."""
+  directory = as_path(path)
+  if _checkpoint_kind(directory, step) == 'params':
+    workdir.restore_params(directory, model)
+  else:
+    workdir.restore_train_params(directory, model, step)
 
 
 def load_pretrained(path: str | os.PathLike, *, config_fn: ConfigFn | None = None,
@@ -32,23 +66,9 @@ def load_pretrained(path: str | os.PathLike, *, config_fn: ConfigFn | None = Non
   config_fn: applied to the saved config before the model is built (e.g. story_ordering.story_config);
   it must keep every parameter shape.
   """
-  directory = as_path(path)
-  is_params, is_workdir = (directory / workdir.PARAMS_DIR).is_dir(), (directory / workdir.CHECKPOINTS_DIR).is_dir()
-  if not (directory / workdir.CONFIG_FILE).is_file() or not (is_params or is_workdir):
-    contents = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else 'nothing (no such folder)'
-    raise FileNotFoundError(
-        f'{directory}: neither a params checkpoint (config.json + params/, from save_params or '
-        f'scripts/convert_tf_checkpoint.py) nor a training workdir (config.json + checkpoints/, from '
-        f'scripts/pretrain.py); it holds {contents}')
-  if is_params and step is not None:
-    raise ValueError(f'{directory} is a params checkpoint (one set of parameters): step={step} applies to '
-                     'training workdirs only')
-  config = workdir.load_config(directory)
+  config = pretrained_config(path)
   if config_fn is not None:
     config = config_fn(config)
   model = nnx.eval_shape(lambda: MerlotModel(config.model, rngs=nnx.Rngs(params=0)))
-  if is_params:
-    workdir.restore_params(directory, model)
-  else:
-    workdir.restore_train_params(directory, model, step)
+  restore_pretrained(path, model, step)
   return model, config

@@ -22,7 +22,8 @@ from merlot_jax.tasks import mc_data, msrvtt_qa
 from merlot_jax.train import logs
 
 _CONFIG = flags_lib.define_config(None, 'finetune_vcr, finetune_tvqa or finetune_msrvtt_qa, or a config file')
-_INIT = flags.DEFINE_string('init', None, 'params checkpoint directory (config.json + params/)')
+_INIT = flags.DEFINE_string('init', None, 'the pretrained body: a params checkpoint (config.json + params/) or a '
+                            'pretraining workdir (its latest checkpoint)')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'checkpoints, TensorBoard events and config.json go here')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'the release root, as unpacked')
 _TOKENIZER = flags.DEFINE_string('tokenizer', None, 'the checkpoint\'s tokenizer (.model or GPT-2 dir)')

@@ -33,11 +33,11 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from merlot_jax import workdir as workdir_lib
 from merlot_jax.config import ConfigError, validate
 from merlot_jax.data.batch_spec import Field
 from merlot_jax.models.heads import MultipleChoiceHead
 from merlot_jax.models.merlot import MerlotModel
+from merlot_jax.pretrained import pretrained_config, restore_pretrained
 from merlot_jax.train import loop
 from merlot_jax.train import setup as setup_lib
 from merlot_jax.train import state as state_lib
@@ -78,8 +78,8 @@ def finetune_config(task: ml_collections.ConfigDict, pretrained: ml_collections.
 
 def load_finetune_config(task: ml_collections.ConfigDict, checkpoint: str | pathlib.Path
                          ) -> ml_collections.ConfigDict:
-  """`finetune_config` with the model of a params checkpoint (its config.json)."""
-  return finetune_config(task, workdir_lib.load_config(checkpoint))
+  """`finetune_config` with the model of a params checkpoint or a pretraining workdir (its config.json)."""
+  return finetune_config(task, pretrained_config(checkpoint))
 
 
 class MultipleChoiceModel(nnx.Module):
@@ -145,13 +145,14 @@ MULTIPLE_CHOICE = Task('multiple_choice', multiple_choice_model, mc_loss_fn, MC_
 
 def pretrained_init(checkpoint: str | pathlib.Path, config: ml_collections.ConfigDict
                     ) -> Callable[[state_lib.Params], state_lib.Params]:
-  """fresh params -> the same with `merlot` restored from a params checkpoint, in its shardings."""
+  """fresh params -> the same with `merlot` restored from a params checkpoint or a pretraining workdir (its
+  latest checkpoint), in its shardings."""
   # Built here, outside any mesh context, where logical axis names would be read as mesh axes.
   graphdef, _ = nnx.split(nnx.eval_shape(lambda: MerlotModel(config.model, rngs=nnx.Rngs(params=0))), nnx.Param)
 
   def init(params: state_lib.Params) -> state_lib.Params:
     body = nnx.merge(graphdef, params['merlot'])
-    workdir_lib.restore_params(checkpoint, body)
+    restore_pretrained(checkpoint, body)
     return {**params, 'merlot': nnx.state(body, nnx.Param).to_pure_dict()}
 
   return init
@@ -163,7 +164,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, bat
              devices: Sequence[jax.Device] | None = None, config_override_ok: bool = False
              ) -> state_lib.TrainState:
   """Trains the multiple-choice model with the pretraining loop (mesh, sharded state, donated jitted
-  step, Orbax checkpoints and resume, metrics). `init_checkpoint`: params checkpoint for the body
+  step, Orbax checkpoints and resume, metrics). `init_checkpoint`: params checkpoint or pretraining workdir for the body
   (None: random init, for tests of the plumbing only)."""
   init = None if init_checkpoint is None else pretrained_init(init_checkpoint, config)
   return loop.train(config, MULTIPLE_CHOICE.with_init(init), workdir, batches_factory,

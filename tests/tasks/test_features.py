@@ -6,6 +6,7 @@ import shutil
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -21,9 +22,10 @@ from merlot_jax.preprocess.video import probe_duration
 from merlot_jax.pretrained import load_pretrained
 from merlot_jax.special_tokens import START
 from merlot_jax.tasks import features as fe
+from merlot_jax.tasks import finetune as ft
 from merlot_jax.tasks.story_ordering import load_story_model
 from merlot_jax.train.state import TrainState
-from tests.models.testlib import pure_params
+from tests.models.testlib import build_random, pure_params
 from tests.script_runner import run_script
 from tests.tasks.tiny_run import corpus_and_checkpoint, tiny_config
 
@@ -182,6 +184,29 @@ def test_config_fn_derives_the_task_model_from_a_workdir(workdir):
   model, config = load_story_model(path)
   assert config.model.num_segments == model.config.segments_per_group == 5
   jax.tree.map(np.testing.assert_array_equal, pure_params(model), saved[5])
+
+
+def test_finetuning_init_takes_a_pretraining_workdir(workdir):
+  """README's flow: finetuning's --init names the pretraining workdir; its latest params become the body."""
+  path, saved = workdir
+  task = tiny_config()
+  task.finetune = ml_collections.ConfigDict({'task': 'synthetic', 'num_frames': 1, 'segment_length': 8,
+                                             'num_options': 4, 'heads': ('answer',)})
+  task = ft.load_finetune_config(task, path)  # the model config comes from the workdir's config.json
+  model = build_random(lambda: ft.MultipleChoiceModel(task, rngs=nnx.Rngs(params=0)), seed=6)
+  fresh = nnx.state(model, nnx.Param).to_pure_dict()
+  loaded = ft.pretrained_init(path, task)(fresh)
+  jax.tree.map(np.testing.assert_array_equal, loaded['merlot'], saved[5])
+  jax.tree.map(np.testing.assert_array_equal, loaded['head'], fresh['head'])
+
+
+def test_export_params_writes_one_step_as_a_params_checkpoint(workdir, tmp_path):
+  path, saved = workdir
+  assert run_script('export_params.py', path, tmp_path / 'exported', '--step=2') == 0
+  assert sorted(p.name for p in (tmp_path / 'exported').iterdir()) == ['config.json', 'params']
+  model, config = load_pretrained(tmp_path / 'exported')
+  assert json.loads(config.to_json()) == json.loads(tiny_config().to_json())
+  jax.tree.map(np.testing.assert_array_equal, pure_params(model), saved[2])
 
 
 def test_load_pretrained_names_what_is_wrong(run, workdir, tmp_path):
