@@ -10,7 +10,7 @@ from absl import app, flags
 from merlot_jax import flags as flags_lib
 from merlot_jax.checkpoint import as_path
 from merlot_jax.config import validate
-from merlot_jax.data.pipeline import make_dataset
+from merlot_jax.data.pipeline import check_corpus, make_dataset
 from merlot_jax.pretraining.task import PRETRAINING
 from merlot_jax.train import logs, loop
 
@@ -45,6 +45,8 @@ def main(argv: list[str]) -> None:
   if not d.train_pattern:
     raise app.UsageError('config.data.train_pattern is empty: point it at the corpus shards '
                          '(scripts/make_synthetic_corpus.py writes a built-in one)')
+  for pattern in filter(None, (d.train_pattern, d.eval_pattern)):  # before the workdir gets its first file
+    check_corpus(config, pattern, jax.process_count())
   workdir = as_path(_WORKDIR.value)
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)

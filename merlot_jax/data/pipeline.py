@@ -33,6 +33,8 @@ counted in `batch['skipped']`.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable, Iterator
 
 import ml_collections
@@ -41,7 +43,7 @@ import numpy as np
 from merlot_jax.data import batch_spec
 from merlot_jax.data.batch_spec import Field
 from merlot_jax.data.frames import FRAME_UNIFORMS, decode_frames
-from merlot_jax.data.record_format import FEATURES
+from merlot_jax.data.record_format import FEATURES, MANIFEST
 from merlot_jax.extras import import_extra
 from merlot_jax.special_tokens import NEXT_CAPTION_START, START
 
@@ -180,6 +182,35 @@ def _host_files(pattern: str, process_index: int, process_count: int) -> list[st
   return files[process_index::process_count]
 
 
+def check_corpus(config: ml_collections.ConfigDict, pattern: str, process_count: int) -> None:
+  """What `make_dataset` would stop at, checked before a run writes anything: the pattern matches at least
+  one shard per host, the records hold config.model.num_segments frames, and the corpus's tokenizer (its
+  manifest.json beside the shards, where there is one) has no more ids than config.model.vocab_size."""
+  files = _host_files(pattern, 0, process_count)
+  _check_layout(files, config)
+  for folder in sorted({os.path.dirname(f) for f in files}):
+    manifest = os.path.join(folder, MANIFEST)
+    if not tf.io.gfile.exists(manifest):
+      continue
+    with tf.io.gfile.GFile(manifest) as f:
+      settings = json.load(f)
+    if settings.get('vocab_size', 0) > config.model.vocab_size:
+      raise ValueError(f"{manifest}: the corpus was tokenized with {settings.get('tokenizer')}, which has "
+                       f"{settings['vocab_size']} ids, but config.model.vocab_size = {config.model.vocab_size}: "
+                       f"set --config.model.vocab_size={settings['vocab_size']} (or more), or preprocess the "
+                       "videos with the model's tokenizer")
+
+
+def check_token_ids(batch: dict[str, np.ndarray], config: ml_collections.ConfigDict, source: str) -> None:
+  """Raises ValueError naming the largest id when a batch holds ids without an embedding row (they would
+  make every step non-finite)."""
+  top = int(batch['input_ids'].max())
+  if top >= config.model.vocab_size:
+    raise ValueError(f'{source}: token id {top} >= config.model.vocab_size = {config.model.vocab_size}: the '
+                     'corpus was tokenized with a larger vocabulary than the model has; set '
+                     f'--config.model.vocab_size to the tokenizer\'s vocab_size (at least {top + 1})')
+
+
 def _check_layout(files: list[str], config: ml_collections.ConfigDict) -> None:
   """Fails early, naming the file, when the first readable record does not fit the config."""
   n = config.model.num_segments
@@ -281,7 +312,10 @@ def make_dataset(config: ml_collections.ConfigDict, pattern: str, *, train: bool
   ds = ds.map(parse, num_parallel_calls=parallel, deterministic=True).ignore_errors(log_warning=True)
   ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
   ds = ds.with_options(pipeline_options())
-  check = lambda batch: batch_spec.check(BATCH_SPEC, batch, config, batch_size, f'the pipeline over {pattern}')
+  def check(batch: dict[str, np.ndarray]) -> None:
+    batch_spec.check(BATCH_SPEC, batch, config, batch_size, f'the pipeline over {pattern}')
+    check_token_ids(batch, config, f'the pipeline over {pattern}')
+
   return DataIterator(ds, start_step, start_position, check)
 
 

@@ -28,6 +28,7 @@ from merlot_jax.extras import import_extra
 tf = import_extra('tensorflow', 'data')
 
 
+MANIFEST = 'manifest.json'  # beside the shards: the corpus's settings (tokenizer, vocab_size, ...) and totals
 TOKEN_FEATURES = ('tokens_raw', 'tokens_clean')
 FEATURES = {
     'frames': tf.io.RaggedFeature(tf.string),

@@ -39,7 +39,6 @@ from merlot_jax.preprocess import framed_segments as framed
 pebble = import_extra('pebble', 'data')
 tf = import_extra('tensorflow', 'data')
 
-MANIFEST = 'manifest.json'
 STATS_DIR = 'shard_stats'
 
 
@@ -151,7 +150,7 @@ def write_manifest(plan: Plan, finished: dict[int, dict]) -> dict:
       'dropped_segments': sum(s['dropped_segments'] for s in stats),
       'shard_examples': {s['file']: s['examples'] for s in stats},
   }
-  _write_json(os.path.join(plan.out_dir, MANIFEST), manifest)
+  _write_json(os.path.join(plan.out_dir, record_format.MANIFEST), manifest)
   return manifest
 
 
@@ -169,7 +168,7 @@ def make_plan(videos_dir: str, out_dir: str, tokenizer_path: str, options: Optio
   per = options.videos_per_shard
   shards = [videos[i:i + per] for i in range(0, len(videos), per)]
   tf.io.gfile.makedirs(os.path.join(out_dir, STATS_DIR))
-  manifest_path = os.path.join(out_dir, MANIFEST)
+  manifest_path = os.path.join(out_dir, record_format.MANIFEST)
   if tf.io.gfile.exists(manifest_path):
     old = _read_json(manifest_path)
     changed = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}

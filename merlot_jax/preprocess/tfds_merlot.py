@@ -13,8 +13,8 @@ import os
 
 import numpy as np
 
+from merlot_jax.data import record_format
 from merlot_jax.extras import import_extra
-from merlot_jax.preprocess import corpus
 
 tf = import_extra('tensorflow', 'data')
 tfds = import_extra('tensorflow_datasets', 'data')
@@ -37,7 +37,7 @@ def features() -> tfds.features.FeaturesDict:
 
 def write_metadata(data_dir: str) -> None:
   """Writes the TFDS metadata of a complete corpus in `data_dir` (shard sizes from its manifest)."""
-  manifest_path = os.path.join(data_dir, corpus.MANIFEST)
+  manifest_path = os.path.join(data_dir, record_format.MANIFEST)
   if not tf.io.gfile.exists(manifest_path):
     raise FileNotFoundError(f'{manifest_path}: not found; write the corpus first (scripts/preprocess.py)')
   with tf.io.gfile.GFile(manifest_path) as f:

@@ -10,6 +10,7 @@ from merlot_jax.config import default_config
 from merlot_jax.data import frames as frames_lib
 from merlot_jax.data import pipeline
 from merlot_jax.special_tokens import NEXT_CAPTION_START, START
+from tests.script_runner import run_script
 
 N, L, G = 4, 8, 2  # segments, tokens per segment, segments per group
 FRAME_HW = (48, 80)  # stored frames: a different aspect from the model's 64x96, so both paths pad
@@ -251,6 +252,57 @@ def test_layout_errors_name_the_problem(corpus, tmp_path):
                           process_count=1)
   with pytest.raises(ValueError, match='fewer than the 4 hosts'):
     pipeline.make_dataset(_config(), pattern, train=True, seed=0, process_index=0, process_count=4)
+
+
+def test_corpus_checks_name_the_pattern_the_vocabulary_and_the_tokenizer(corpus, tmp_path):
+  pattern, _ = corpus
+  pipeline.check_corpus(_config(), pattern, 1)
+  with pytest.raises(FileNotFoundError, match="data pattern '.*none-\\*' matches no files"):
+    pipeline.check_corpus(_config(), str(tmp_path / 'none-*'), 1)
+  shard = tmp_path / 'train-00.tfrecord'
+  shard.write_bytes(pathlib.Path(pattern.replace('*', '00')).read_bytes())
+  (tmp_path / 'manifest.json').write_text('{"tokenizer": "sentencepiece:spm.model", "vocab_size": 400}')
+  small = _config()
+  small.model.vocab_size = 300
+  with pytest.raises(ValueError, match=r'manifest\.json: the corpus was tokenized with sentencepiece:spm\.model, '
+                                       r'which has 400 ids, but config\.model\.vocab_size = 300: set '
+                                       r'--config\.model\.vocab_size=400'):
+    pipeline.check_corpus(small, str(tmp_path / 'train-*.tfrecord'), 1)
+
+
+def test_first_batch_with_ids_beyond_the_vocabulary_names_the_largest(corpus):
+  """The fixture's transcript tokens are RAW.. and CLEAN + 10 * example + segment (3000-3113, beyond the
+  model's 2000 rows); the first batch's largest is named."""
+  pattern, _ = corpus
+  c = _config()
+  c.model.vocab_size = 2000
+  batches = pipeline.make_dataset(c, pattern, train=False, seed=0, process_index=0, process_count=1)
+  largest = r'token id 3[01]\d\d >= config\.model\.vocab_size = 2000: .* \(at least 3[01]\d\d\)'
+  with pytest.raises(ValueError, match=largest):
+    next(batches)
+
+
+@pytest.mark.parametrize('case', ['no_files', 'vocabulary'])
+def test_pretrain_script_stops_on_bad_data_before_writing_anything(corpus, tmp_path, case):
+  """scripts/pretrain.py as a user runs it: the error names the pattern (or the manifest, the tokenizer and
+  both sizes), and the workdir is never created."""
+  pattern, _ = corpus
+  data = tmp_path / 'data'
+  data.mkdir()
+  (data / 'train-00.tfrecord').write_bytes(pathlib.Path(pattern.replace('*', '00')).read_bytes())
+  (data / 'manifest.json').write_text('{"tokenizer": "sentencepiece:spm.model", "vocab_size": 4096}')
+  workdir = tmp_path / 'run'
+  args = ['--config=tiny', f'--workdir={workdir}']  # configs/tiny.py: 4 segments (as the fixture), 512 ids
+  if case == 'no_files':
+    expected = pytest.raises(FileNotFoundError, match=f"data pattern '{data}/none-\\*' matches no files")
+    args.append(f'--config.data.train_pattern={data}/none-*')
+  else:
+    expected = pytest.raises(ValueError, match='sentencepiece:spm.model, which has 4096 ids, but '
+                                               'config.model.vocab_size = 512')
+    args.append(f'--config.data.train_pattern={data}/train-*.tfrecord')
+  with expected:
+    run_script('pretrain.py', *args)
+  assert not workdir.exists()
 
 
 def _original_frame(jpeg: bytes, u: np.ndarray | None, size=(64, 96), scale_range=(1.125, 1.5), prob=0.8):

@@ -294,7 +294,7 @@ def test_interrupted_run_resumes_to_identical_shards(hand_videos, tokenizer_path
   monkeypatch.setattr(record_format, 'write_tfrecord', write_tfrecord)
   assert sorted(shard_bytes(part)) == [corpus.shard_name(0, 4), corpus.shard_name(1, 4)]
   assert not list(part.glob('.tmp-*'))
-  manifest = json.loads((part / corpus.MANIFEST).read_text())
+  manifest = json.loads((part / record_format.MANIFEST).read_text())
   assert not manifest['complete'] and manifest['shards_written'] == 2
   (part / f'.tmp-{corpus.shard_name(2, 4)}-stale').write_bytes(b'half a shard')  # as if killed mid-write
 
@@ -304,7 +304,7 @@ def test_interrupted_run_resumes_to_identical_shards(hand_videos, tokenizer_path
   manifest = corpus.write_corpus(str(hand_videos), str(part), tokenizer_path, options, progress=False)
   assert processed == ['v2.mp4', 'v3.mp4']  # finished shards are kept, not redone
   assert shard_bytes(part) == shard_bytes(full)
-  assert manifest == json.loads((full / corpus.MANIFEST).read_text())
+  assert manifest == json.loads((full / record_format.MANIFEST).read_text())
   assert not list(part.glob('.tmp-*'))
 
   # A deleted last shard is redone alone.
