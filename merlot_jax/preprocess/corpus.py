@@ -65,6 +65,7 @@ class Plan:
   shards: list[list[framed.VideoInput]]
   settings: dict
   finished: dict[int, dict]  # shard index -> stats of shards kept from an earlier run
+  unusable: list[dict[str, str]]  # paths named like videos that are not processed (framed.scan_videos)
 
   def pending(self) -> list[int]:
     return [i for i in range(len(self.shards)) if i not in self.finished]
@@ -135,7 +136,7 @@ def finished_shards(out_dir: str, num_shards: int) -> dict[int, dict]:
 def write_manifest(plan: Plan, finished: dict[int, dict]) -> dict:
   """Settings plus totals over the finished shards; `complete` once every shard is written."""
   stats = [finished[i] for i in sorted(finished)]
-  skipped = [s for shard in stats for s in shard['skipped']]
+  skipped = plan.unusable + [s for shard in stats for s in shard['skipped']]
   manifest = {
       **plan.settings,
       'complete': len(finished) == len(plan.shards),
@@ -156,7 +157,7 @@ def write_manifest(plan: Plan, finished: dict[int, dict]) -> dict:
 
 def make_plan(videos_dir: str, out_dir: str, tokenizer_path: str, options: Options = Options()) -> Plan:
   """Finds the videos, checks DATA_DIR's manifest against this run's settings and finds finished shards."""
-  videos = framed.find_videos(videos_dir)
+  videos, unusable = framed.scan_videos(videos_dir)
   if not videos:
     raise ValueError(f'{videos_dir}: no videos ({", ".join(framed.VIDEO_SUFFIXES)}) found')
   tokenizer = load_tokenizer(tokenizer_path)
@@ -178,7 +179,7 @@ def make_plan(videos_dir: str, out_dir: str, tokenizer_path: str, options: Optio
   for stale in tf.io.gfile.glob(os.path.join(out_dir, '.tmp-*')) + tf.io.gfile.glob(
       os.path.join(out_dir, STATS_DIR, '.tmp-*')):
     tf.io.gfile.remove(stale)
-  return Plan(out_dir, shards, settings, finished_shards(out_dir, len(shards)))
+  return Plan(out_dir, shards, settings, finished_shards(out_dir, len(shards)), unusable)
 
 
 def _pooled_result(video: framed.VideoInput, future: pebble.ProcessFuture, timeout: float | None) -> framed.VideoResult:

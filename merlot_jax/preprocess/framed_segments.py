@@ -23,6 +23,9 @@ SKIP_REASONS = (
     'bad_transcript',  # the transcript (or X.grover.json) does not parse or has no words
     'unreadable_video',  # PyAV cannot open or decode the video at the segment times
     'video_shorter_than_transcript',  # a segment's middle time is at or past the video's end
+    # Given by find_videos' scan, for paths with a video suffix that are never processed:
+    'not_a_regular_file',  # a FIFO, socket, device or directory named like a video
+    'broken_link',  # a symbolic link to nothing
     # Given by corpus.py's worker pool, not by process_video:
     'timeout',  # no result within the pool's per-video time limit; its worker was killed
     'worker_died',  # the worker process died (a crash in a decoder, an OOM kill) while on this video
@@ -59,19 +62,34 @@ class VideoResult:
   detail: str = ''
 
 
-def find_videos(root: str | pathlib.Path) -> list[VideoInput]:
-  """Videos under `root` (recursively, sorted by path) with the transcript files beside them."""
+def scan_videos(root: str | pathlib.Path) -> tuple[list[VideoInput], list[dict[str, str]]]:
+  """Every path under `root` (recursively, sorted) with a video suffix: the regular files as VideoInputs with
+  the transcript files beside them, and the rest as skips ({'video', 'reason', 'detail'}), so that every
+  input a user hands over is accounted for."""
   root = pathlib.Path(root)
   if not root.is_dir():
     raise FileNotFoundError(f'{root}: video directory not found')
-  found = []
-  for path in sorted(p for p in root.rglob('*') if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file()):
+  found, unusable = [], []
+  for path in sorted(p for p in root.rglob('*') if p.suffix.lower() in VIDEO_SUFFIXES):
+    name = path.relative_to(root).as_posix()
+    if not path.exists():
+      unusable.append({'video': name, 'reason': 'broken_link', 'detail': f'{path}: links to {path.readlink()}'})
+      continue
+    if not path.is_file():
+      kind = next(k for k, test in (('directory', path.is_dir), ('FIFO', path.is_fifo), ('socket', path.is_socket),
+                                    ('device', lambda: True)) if test())
+      unusable.append({'video': name, 'reason': 'not_a_regular_file', 'detail': f'{path}: a {kind}'})
+      continue
     stem = path.with_suffix('')
     transcript = next((f'{stem}{s}' for s in TRANSCRIPT_SUFFIXES if pathlib.Path(f'{stem}{s}').is_file()), None)
     denoised = f'{stem}{DENOISED_SUFFIX}'
-    found.append(VideoInput(path.relative_to(root).as_posix(), str(path), transcript,
-                            denoised if pathlib.Path(denoised).is_file() else None))
-  return found
+    found.append(VideoInput(name, str(path), transcript, denoised if pathlib.Path(denoised).is_file() else None))
+  return found, unusable
+
+
+def find_videos(root: str | pathlib.Path) -> list[VideoInput]:
+  """The usable videos of `scan_videos`."""
+  return scan_videos(root)[0]
 
 
 def process_video(video: VideoInput, tokenizer: Tokenizer, segment_tokens: int = 32, jpeg_quality: int = 90,

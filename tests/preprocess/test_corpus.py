@@ -167,11 +167,18 @@ def test_bad_inputs_are_skipped_and_counted(tmp_path, tokenizer_path):
   (videos / 'v6.json').write_text('')
   write_clip(videos, 'v7', 2)
   (videos / 'v7.json').write_text('{"not": "a transcript"}')
+  os.mkfifo(videos / 'v8.mp4')  # named like videos, never processed: each listed with its reason
+  (videos / 'v9.mp4').mkdir()
+  (videos / 'v10.mkv').symlink_to(videos / 'gone.mkv')
   manifest = corpus.write_corpus(str(videos), str(tmp_path / 'data'), tokenizer_path,
                                  corpus.Options(num_segments=N, videos_per_shard=3), progress=False)
-  assert manifest['skipped'] == {'bad_transcript': 1, 'empty_transcript': 1, 'missing_transcript': 1,
-                                 'unreadable_video': 2, 'video_shorter_than_transcript': 1}
-  assert {(s['video'], s['reason']) for s in manifest['skipped_videos']} == {
+  assert manifest['skipped'] == {'bad_transcript': 1, 'broken_link': 1, 'empty_transcript': 1, 'missing_transcript': 1,
+                                 'not_a_regular_file': 2, 'unreadable_video': 2, 'video_shorter_than_transcript': 1}
+  assert {(s['video'], s['reason'], s['detail']) for s in manifest['skipped_videos'][:3]} == {
+      ('v10.mkv', 'broken_link', f'{videos}/v10.mkv: links to {videos}/gone.mkv'),
+      ('v8.mp4', 'not_a_regular_file', f'{videos}/v8.mp4: a FIFO'),
+      ('v9.mp4', 'not_a_regular_file', f'{videos}/v9.mp4: a directory')}
+  assert {(s['video'], s['reason']) for s in manifest['skipped_videos'][3:]} == {
       ('v2.mp4', 'unreadable_video'), ('v3.mp4', 'unreadable_video'), ('v4.mp4', 'video_shorter_than_transcript'),
       ('v5.mp4', 'missing_transcript'), ('v6.mp4', 'empty_transcript'), ('v7.mp4', 'bad_transcript')}
   assert all(s['detail'] for s in manifest['skipped_videos'])
@@ -216,15 +223,21 @@ def hand_shards(hand_videos, tokenizer_path, tmp_path_factory):
 def fifo_video(hand_videos, tmp_path, monkeypatch):
   """A FIFO v1x.mp4 (v1's transcript beside it) among the hand-checked videos: PyAV waits for a writer.
 
-  find_videos lists regular files only, so the FIFO is added to its list in this process (which plans).
+  scan_videos skips a FIFO named like a video (not_a_regular_file), so the FIFO is added to its list of
+  usable videos in this process (which plans).
   """
   before = child_pids()
   fifo = tmp_path / 'fifo' / 'v1x.mp4'
   fifo.parent.mkdir()
   os.mkfifo(fifo)
   extra = framed.VideoInput(fifo.name, str(fifo), shutil.copy(hand_videos / 'v1.json', fifo.parent), None)
-  find_videos = framed.find_videos
-  monkeypatch.setattr(framed, 'find_videos', lambda root: sorted(find_videos(root) + [extra], key=lambda v: v.name))
+  scan_videos = framed.scan_videos
+
+  def with_fifo(root):
+    videos, unusable = scan_videos(root)
+    return sorted([*videos, extra], key=lambda v: v.name), unusable
+
+  monkeypatch.setattr(framed, 'scan_videos', with_fifo)
   watchdog = threading.Timer(30, end_fifo_reads, [fifo])
   watchdog.start()
   yield fifo
