@@ -51,7 +51,7 @@ def finetune_multiple_choice(config, tokenizer) -> str:
   eval_batches = mc_data.mc_batches(load(_EVAL_SPLIT.value), config, tokenizer, config.train.global_batch_size)
   metrics = ft.summarize(ft.predict(config, state.params, eval_batches), config.finetune.heads)
   return (f'{task} {_EVAL_SPLIT.value}: ' + ', '.join(f'{k} {v:.4f}' for k, v in metrics.items()) +
-          f' (chance per head {ft.chance(config):.4f})')
+          f' (chance per head {ft.uniform_chance(config.finetune.num_options):.4f})')
 
 
 def finetune_msrvtt_qa(config, tokenizer) -> str:

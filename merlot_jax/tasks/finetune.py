@@ -232,7 +232,7 @@ def summarize(predictions: Sequence[Prediction], heads: Sequence[str]) -> dict[s
   return out
 
 
-def chance(config: ml_collections.ConfigDict) -> float:
-  """The accuracy of a uniform guess."""
-  return 1.0 / config.finetune.num_options
+def uniform_chance(num_options: int, metric: str = 'answer') -> float:
+  """A uniform guess's accuracy over `num_options`: 1/K per head, 1/K^2 for VCR's Q->AR (both right)."""
+  return 1.0 / num_options ** (2 if metric == 'q_ar' else 1)
 

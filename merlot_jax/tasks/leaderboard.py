@@ -153,17 +153,12 @@ def write_predictions(predictions: Sequence[ft.Prediction], heads: Sequence[str]
   return path
 
 
-def chance(metric: str, num_options: int) -> float:
-  """A uniform guess's accuracy: 1/K, and 1/K^2 for Q->AR (both right)."""
-  return 1.0 / num_options ** (2 if metric == 'q_ar' else 1)
-
-
 def summary(task: str, split: str, predictions: Sequence[ft.Prediction], heads: Sequence[str], num_options: int,
             skips: Mapping[str, dict]) -> dict:
   """{task, split, accuracy: {metric: {value, chance}}, skips: {split: {questions, skipped, fallbacks}}}."""
   metrics = ft.summarize(predictions, heads)
   return {'task': task, 'split': split,
-          'accuracy': {k: {'value': v, 'chance': chance(k, num_options)} for k, v in metrics.items()},
+          'accuracy': {k: {'value': v, 'chance': ft.uniform_chance(num_options, k)} for k, v in metrics.items()},
           'skips': {s: dict(c) for s, c in skips.items()}}
 
 
