@@ -5,7 +5,7 @@ model.vocab_size (the tokenizer's) itself. Settings that differ from the paper, 
 has the measurements behind them.
 """
 
-from merlot_jax.config import default_config
+from merlot_jax.config import UNKNOWN_POSITION_ROW, default_config
 
 
 def get_config():
@@ -20,7 +20,7 @@ def get_config():
   m.max_positions = 256
   m.contrastive_size = 128
   m.init_std = 0.05  # 0.02 * sqrt(768 / 128): the paper's per-layer signal scale at width 128
-  c.objectives.shuffled_index_offset = 64  # the rows zero-shot story ordering uses for shuffled frames
+  c.objectives.shuffled_index_offset = UNKNOWN_POSITION_ROW  # the rows zero-shot story ordering uses for its images
   c.objectives.contrast_weight = 1.0  # 0.25 left the contrastive loss at ln(128) for 200+ steps
   c.objectives.contrast_center = True  # not in the original: from scratch both sides collapse to one direction
   c.optim.learning_rate, c.optim.warmup_steps, c.optim.bf16_moments = 1e-3, 20, False

@@ -33,6 +33,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+# Image-index rows from here on stand for 'position unknown': the released code's easy-frame test is
+# `index < 64` (pretraining/objectives.py) and zero-shot story ordering draws its images' rows from 64 up.
+UNKNOWN_POSITION_ROW = 64
+
+
 def default_config() -> ml_collections.ConfigDict:
   """The paper's MERLOT (model/configs/merlot.yaml of the original) with every field the code reads."""
   c = ml_collections.ConfigDict()

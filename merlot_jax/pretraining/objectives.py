@@ -19,11 +19,10 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from merlot_jax.config import CHOICES
+from merlot_jax.config import CHOICES, UNKNOWN_POSITION_ROW
 from merlot_jax.models.layers import l2_normalize
 from merlot_jax.special_tokens import MASK, NUM_SPECIAL
 
-ORIGINAL_EASY_INDEX = 64  # the released code's 'easy frame' test: image index < 64
 _NONTOPK_WEIGHT = 0.01  # the original's weight of a token outside the most-attended set
 
 
@@ -285,7 +284,7 @@ def temporal_pair_weights(image_index: jax.Array, mode: str, easy_weight: float,
   if mode not in CHOICES['objectives.temporal_pair_weighting']:
     raise ValueError(f"objectives.temporal_pair_weighting = {mode!r}: must be one of "
                      f"{CHOICES['objectives.temporal_pair_weighting']}")
-  is_easy = image_index < (ORIGINAL_EASY_INDEX if mode == 'original' else offset)
+  is_easy = image_index < (UNKNOWN_POSITION_ROW if mode == 'original' else offset)
   both_easy = is_easy[:, :, None] & is_easy[:, None, :]
   weight = jnp.logical_not(both_easy).astype(jnp.float32) * (1.0 - easy_weight) + easy_weight
   return weight.reshape(-1)

@@ -3,7 +3,7 @@ downstream/sort_story does it (get_zero_shot_logits.py, then score_permutations.
 
 A story is 5 captions in their true order and its 5 images in an unknown order; the 5 segments form one
 group of the joint encoder. Every image gets an 'unknown position' row of the image-index table:
-`UNKNOWN_INDEX_OFFSET` (64, past the rows pretraining uses: 0..n-1 in order, 16 + position shuffled)
+`config.UNKNOWN_POSITION_ROW` (64, past the rows pretraining uses: 0..n-1 in order, 16 + position shuffled)
 plus a random permutation of 0..4, and the transcript-frame temporal head's softmax is averaged over
 `NUM_INDEX_DRAWS` such draws (the original's duplication_factor). Caption i and image slot s then give
 probabilities of 'same time' (class 1), 'i before s' (2) and 'i after s' (3). An ordering (a position
@@ -33,18 +33,17 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from merlot_jax.config import ConfigError, validate
+from merlot_jax.config import UNKNOWN_POSITION_ROW, ConfigError, validate
 from merlot_jax.models.merlot import MerlotModel
 from merlot_jax.pretrained import load_pretrained
 from merlot_jax.tasks.story_data import STORY_LENGTH
 
-UNKNOWN_INDEX_OFFSET = 64
 NUM_INDEX_DRAWS = 2
 SAME, BEFORE, AFTER = 1, 2, 3  # temporal classes (0: another video, unused here)
 
 
 def story_config(config: ml_collections.ConfigDict, length: int = STORY_LENGTH,
-                 index_offset: int = UNKNOWN_INDEX_OFFSET) -> ml_collections.ConfigDict:
+                 index_offset: int = UNKNOWN_POSITION_ROW) -> ml_collections.ConfigDict:
   """The pretraining config with `length` segments in one group; every parameter shape is unchanged."""
   c = config.copy_and_resolve_references()
   c.model.num_segments = c.model.segments_per_group = length
@@ -61,7 +60,7 @@ def load_story_model(checkpoint: str | pathlib.Path) -> tuple[MerlotModel, ml_co
 
 
 def unknown_image_index(rng: np.random.Generator, batch: int, num_draws: int = NUM_INDEX_DRAWS,
-                        length: int = STORY_LENGTH, offset: int = UNKNOWN_INDEX_OFFSET) -> np.ndarray:
+                        length: int = STORY_LENGTH, offset: int = UNKNOWN_POSITION_ROW) -> np.ndarray:
   """int32 [batch, num_draws, length]: offset + a random permutation (argsort of uniforms, as the original)."""
   return (offset + np.argsort(rng.random((batch, num_draws, length)), axis=-1)).astype(np.int32)
 
@@ -170,7 +169,7 @@ class StoryPrediction:
 
 
 def evaluate(model: MerlotModel, batches: Iterable[dict[str, np.ndarray]], *, seed: int = 0,
-             num_draws: int = NUM_INDEX_DRAWS, index_offset: int = UNKNOWN_INDEX_OFFSET) -> list[StoryPrediction]:
+             num_draws: int = NUM_INDEX_DRAWS, index_offset: int = UNKNOWN_POSITION_ROW) -> list[StoryPrediction]:
   """Orders every story of `story_data.story_batches` output."""
   rng = np.random.default_rng(seed)
   out = []
