@@ -25,6 +25,9 @@ class CheckpointError(RuntimeError):
   """No checkpoint of a training run can be restored."""
 
 
+STATE_ITEM, DATA_ITEM = 'state', 'data'  # the items of a step's folder: <step>/state and <step>/data
+
+
 class TrainCheckpointer:
   """Orbax CheckpointManager for `TrainState` (params, optimizer state, step, RNG) and the input
   position. Saves are asynchronous (training continues while arrays are written) and atomic (a step
@@ -40,7 +43,7 @@ class TrainCheckpointer:
     self.directory = as_path(directory)
     # Which steps to save is the training loop's decision (its interval, preemption, the last step).
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=('state', 'data'))
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=(STATE_ITEM, DATA_ITEM))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -52,8 +55,8 @@ class TrainCheckpointer:
     if jax.process_count() > 1 and data_position is not None:
       positions = [int(p) for p in multihost_utils.process_allgather(jnp.asarray(data_position))]
     data = {'step': int(step), 'positions': positions}
-    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                    data=ocp.args.JsonSave(data)), force=True)
+    self.manager.save(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state),
+                                                       DATA_ITEM: ocp.args.JsonSave(data)}), force=True)
 
   def restore(self, abstract_state, step: int | None = None):
     """(state, data) of `step` (default: the latest). abstract_state: a pytree of
@@ -62,11 +65,11 @@ class TrainCheckpointer:
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {self.directory}')
     restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-    data = dict(restored.data)
+        **{STATE_ITEM: ocp.args.StandardRestore(abstract_state), DATA_ITEM: ocp.args.JsonRestore()}))
+    data = dict(restored[DATA_ITEM])
     positions = data.get('positions') or [None]
     data['position'] = positions[jax.process_index()] if len(positions) > jax.process_index() else None
-    return restored.state, data
+    return restored[STATE_ITEM], data
 
   def restore_newest_readable(self, abstract_state):
     """(state, data) of the newest checkpoint that restores. Newer ones that cannot be restored (a missing

@@ -32,7 +32,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
-from merlot_jax.checkpoint import TrainCheckpointer, as_path
+from merlot_jax.checkpoint import DATA_ITEM, STATE_ITEM, TrainCheckpointer, as_path
 from merlot_jax.config import ConfigError, default_config, validate
 
 CONFIG_FILE = 'config.json'
@@ -167,7 +167,7 @@ def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
   if not directory.is_dir():
     return []
   options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-  with ocp.CheckpointManager(directory, options=options, item_names=('state', 'data')) as manager:
+  with ocp.CheckpointManager(directory, options=options, item_names=(STATE_ITEM, DATA_ITEM)) as manager:
     return sorted(manager.all_steps())
 
 
@@ -185,6 +185,6 @@ def restore_train_params(workdir: str | os.PathLike, model: nnx.Module, step: in
   args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
                                 partial_restore=True)
   with ocp.PyTreeCheckpointer() as checkpointer:
-    restored = checkpointer.restore(as_path(workdir) / CHECKPOINTS_DIR / str(step) / 'state', args=args)
+    restored = checkpointer.restore(as_path(workdir) / CHECKPOINTS_DIR / str(step) / STATE_ITEM, args=args)
   nnx.replace_by_pure_dict(state, restored['params'])
   nnx.update(model, state)
