@@ -216,9 +216,8 @@ def _log_skips(summary: dict) -> None:
   skipped = sum(summary['skipped_questions'].values())
   counts = ', '.join(f'{r} {summary["skipped_questions"][r]} ({summary["skipped_videos"][r]} videos)'
                      for r in SKIP_REASONS)
-  log = logging.warning if skipped else logging.info
-  log('MSRVTT-QA %s: %d of %d questions usable; skipped %d: %s', summary['split'], summary['usable'],
-      summary['questions'], skipped, counts)
+  log.log(logging.WARNING if skipped else logging.INFO, 'MSRVTT-QA %s: %d of %d questions usable; skipped %d: %s',
+          summary['split'], summary['usable'], summary['questions'], skipped, counts)
   for reason in SKIP_REASONS:
     examples = [s['detail'] for s in summary['skipped'] if s['reason'] == reason][:3]
     if examples:

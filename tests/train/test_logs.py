@@ -103,5 +103,5 @@ def test_project_code_logs_through_named_loggers():
   offenders = [f'{path.relative_to(root)}:{number}'
                for folder in ('merlot_jax', 'scripts') for path in sorted((root / folder).rglob('*.py'))
                for number, line in enumerate(path.read_text().splitlines(), 1)
-               if re.search(r'\blogging\.(debug|info|warning|error|exception|critical)\(', line)]
+               if re.search(r'\blogging\.(debug|info|warning|error|exception|critical)\b', line)]
   assert not offenders, offenders
