@@ -31,7 +31,7 @@ TEST_ENV := JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8
 CONFIG ?= configs/demo.py
 WORKDIR ?= workdir/demo
 
-.PHONY: setup test test-fast lint pretrain bench aot clean
+.PHONY: setup test test-fast lint pretrain notebook bench aot clean
 
 setup: $(STAMP)
 
@@ -58,6 +58,18 @@ lint: setup
 # The built-in CPU run: synthetic corpus -> tokenizer -> preprocessing -> pretraining -> report.
 pretrain: setup
 	JAX_PLATFORMS=cpu TF_CPP_MIN_LOG_LEVEL=2 $(PY) scripts/run_demo.py --config $(CONFIG) --workdir $(WORKDIR)
+
+# After `make pretrain`: runs notebooks/quickstart.ipynb on its checkpoint, tokenizer and corpus and saves the
+# notebook with its outputs, stderr (library start-up chatter) left out: committed that way, so that the
+# project's page shows the results and the plots.
+notebook: setup
+	@test -d $(WORKDIR)/run || { echo "make notebook: $(WORKDIR)/run is missing: run make pretrain first" >&2; exit 1; }
+	MERLOT_CHECKPOINT=$(WORKDIR)/run MERLOT_TOKENIZER=$(WORKDIR)/tokenizer/spm.model MERLOT_CORPUS=$(WORKDIR)/synthetic \
+	JAX_PLATFORMS=cpu TF_CPP_MIN_LOG_LEVEL=2 $(PY) -c "import nbformat, nbclient; \
+	nb = nbformat.read('notebooks/quickstart.ipynb', as_version=4); \
+	nbclient.NotebookClient(nb, timeout=900, kernel_name='python3', resources={'metadata': {'path': '.'}}).execute(); \
+	[c.update(outputs=[o for o in c.outputs if o.get('name') != 'stderr']) for c in nb.cells if c.cell_type == 'code']; \
+	nbformat.write(nb, 'notebooks/quickstart.ipynb')"
 
 # One CPU device (no fake devices: they would share the same cores), as make pretrain runs.
 bench: setup

@@ -217,6 +217,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
            'must be at least 1 (the number of non-finite steps in a row that stops the run)')
   for field in ('log_every', 'checkpoint_every', 'keep_checkpoints'):
     _require(t[field] >= 1, f'train.{field}', t[field], 'must be a positive integer')
+  _require(0 <= c.optim.warmup_steps < t.total_steps, 'optim.warmup_steps', c.optim.warmup_steps,
+           f'must be in [0, train.total_steps = {t.total_steps}): the schedule warms up, then decays to 0')
   return c
 
 

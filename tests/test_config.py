@@ -63,6 +63,8 @@ IMPOSSIBLE = [
     ('objectives.mask_rate', {'objectives.mask_rate': 1.0}),
     ('train.global_batch_size', {'train.global_batch_size': 0}),
     ('data.augment_mode', {'data.augment_mode': 'brightness'}),
+    ('optim.warmup_steps', {'optim.warmup_steps': 10}),  # tiny trains 10 steps: warmup must end before
+    ('optim.warmup_steps', {'optim.warmup_steps': -1}),
 ]
 
 
