@@ -205,17 +205,6 @@ def test_config_file_loads_into_a_finetune_config():
   assert head.logits.kernel.shape == (384, 1500)
 
 
-def test_pretrained_init_loads_body_and_keeps_new_head(tmp_path):
-  config = tiny_task()
-  body = build_random(lambda: MerlotModel(config.model, rngs=nnx.Rngs(params=0)), seed=5)
-  save_params(tmp_path / 'init', body, config)
-  model = build_random(lambda: open_qa.OpenQAModel(config, rngs=nnx.Rngs(params=0)), seed=6)
-  fresh = nnx.state(model, nnx.Param).to_pure_dict()
-  loaded = ft.pretrained_init(tmp_path / 'init', config)(fresh)
-  jax.tree.map(np.testing.assert_array_equal, loaded['merlot'], nnx.state(body, nnx.Param).to_pure_dict())
-  jax.tree.map(np.testing.assert_array_equal, loaded['head'], fresh['head'])
-
-
 def write_colour_release(root: pathlib.Path, train: int, test: int) -> None:
   """'what colour is it' about a noisy flat-colour clip; the answer is its colour. The test split also has a
   question whose answer was never a training answer (purple) and one whose video is missing."""

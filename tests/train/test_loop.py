@@ -17,13 +17,15 @@ from merlot_jax.pretraining.task import PRETRAINING
 from merlot_jax.train import loop, metrics
 from tests.train.batches import mark_poisoned, micro_config, nan_gradient_loss, synthetic_batch, synthetic_batches
 
-PAPER_GFLOPS = {'vit': 774, 'joint': 294, 'resnet': 212, 'langonly': 97, 'lm_head': 8}
+# Forward GFLOPs per example of configs/base.py by component, as counted for the original TF code's graph
+# (rowanz/merlot; the project's DESIGN notes): 1.385 TFLOP in all. The paper itself gives no such breakdown.
+ORIGINAL_CODE_GFLOPS = {'vit': 774, 'joint': 294, 'resnet': 212, 'langonly': 97, 'lm_head': 8}
 
 
-def test_flops_match_the_paper_model():
+def test_flops_match_the_original_codes_count_for_the_paper_model():
   config = load_config('configs/base.py')
   for name, gflops in flops.flops_breakdown(config).items():
-    np.testing.assert_allclose(gflops / 1e9, PAPER_GFLOPS[name], rtol=0.03, err_msg=name)
+    np.testing.assert_allclose(gflops / 1e9, ORIGINAL_CODE_GFLOPS[name], rtol=0.03, err_msg=name)
   np.testing.assert_allclose(flops.model_flops_per_example(config, train=False), 1.385e12, rtol=0.01)
 
 
