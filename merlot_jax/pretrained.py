@@ -45,7 +45,7 @@ def pretrained_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
   """The config saved with a params checkpoint or a training workdir (its config.json)."""
   directory = as_path(path)
   _checkpoint_kind(directory, None)
-  return workdir.load_config(directory)
+  return workdir.read_config(directory)
 
 
 def restore_pretrained(path: str | os.PathLike, model: nnx.Module, step: int | None = None) -> None:

@@ -76,7 +76,7 @@ def _lists_to_tuples(obj: dict) -> dict:
   return {k: tuple(v) if isinstance(v, list) else v for k, v in obj.items()}
 
 
-def load_config(directory: str | os.PathLike) -> ml_collections.ConfigDict:
+def read_config(directory: str | os.PathLike) -> ml_collections.ConfigDict:
   """The validated config.json of a workdir or params checkpoint; fields added to the defaults since it
   was written keep their defaults."""
   path = as_path(directory) / CONFIG_FILE
@@ -100,7 +100,7 @@ def check_and_write_config(workdir: str | os.PathLike, config: ml_collections.Co
     if write:
       _write(path, config)
     return
-  changes = config_changes(load_config(workdir), config)
+  changes = config_changes(read_config(workdir), config)
   if not changes:
     return
   listed = '\n'.join(f'  {k}: {old!r} -> {new!r}' for k, old, new in changes)

@@ -15,6 +15,7 @@ from absl import app, flags
 from merlot_jax import workdir
 from merlot_jax.checkpoint import as_path
 from merlot_jax.data.tokenizer import check_vocab, load_tokenizer
+from merlot_jax.tasks import finetune as ft
 from merlot_jax.tasks import leaderboard, msrvtt_qa, open_qa
 from merlot_jax.train import logs
 
@@ -31,8 +32,7 @@ flags.mark_flags_as_required(['workdir', 'data_dir', 'tokenizer'])
 
 
 def predict_msrvtt_qa(out) -> None:
-  config = workdir.load_config(_WORKDIR.value)
-  params = open_qa.restore_finetuned(config, _WORKDIR.value, _STEP.value)
+  config, params = ft.restore_finetuned(_WORKDIR.value, open_qa.OPEN_QA, _STEP.value)
   tokenizer = load_tokenizer(_TOKENIZER.value)
   check_vocab(tokenizer, config)
   vocabulary = msrvtt_qa.load_vocabulary(_WORKDIR.value)
@@ -45,13 +45,13 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   out = as_path(_OUT.value or as_path(_WORKDIR.value) / 'predictions')
-  if workdir.load_config(_WORKDIR.value).finetune.task == 'msrvtt_qa':
+  if workdir.read_config(_WORKDIR.value).finetune.task == 'msrvtt_qa':
     with logs.library_info_to_file(out / 'log.txt'):
       predict_msrvtt_qa(out)
     print(f'written to {out}')
     return
   with logs.library_info_to_file(out / 'log.txt'):
-    config, params = leaderboard.restore_finetuned(_WORKDIR.value, _STEP.value)
+    config, params = ft.restore_finetuned(_WORKDIR.value, ft.MULTIPLE_CHOICE, _STEP.value)
     tokenizer = load_tokenizer(_TOKENIZER.value)
     check_vocab(tokenizer, config)
     result = leaderboard.write_outputs(config, params, tokenizer, _DATA_DIR.value, out, tfds_dir=_TFDS_DIR.value,

@@ -20,6 +20,7 @@ checkpoint (ours or a converted original) loads into `MultipleChoiceModel.merlot
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
@@ -33,6 +34,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from merlot_jax import workdir as workdir_lib
 from merlot_jax.config import ConfigError, validate
 from merlot_jax.data.batch_spec import Field
 from merlot_jax.models.heads import MultipleChoiceHead
@@ -159,17 +161,28 @@ def pretrained_init(checkpoint: str | pathlib.Path, config: ml_collections.Confi
 
 
 def finetune(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, batches_factory: loop.BatchesFactory,
-             *, init_checkpoint: str | pathlib.Path | None, progress: bool = True,
+             *, init_checkpoint: str | pathlib.Path | None, task: Task = MULTIPLE_CHOICE, progress: bool = True,
              eval_batches_factory: Callable[[], Iterator[dict[str, np.ndarray]]] | None = None,
              devices: Sequence[jax.Device] | None = None, config_override_ok: bool = False
              ) -> state_lib.TrainState:
-  """Trains the multiple-choice model with the pretraining loop (mesh, sharded state, donated jitted
-  step, Orbax checkpoints and resume, metrics). `init_checkpoint`: params checkpoint or pretraining workdir for the body
-  (None: random init, for tests of the plumbing only)."""
+  """Trains `task` (MULTIPLE_CHOICE, or open_qa.OPEN_QA) with the pretraining loop (mesh, sharded state,
+  donated jitted step, Orbax checkpoints and resume, metrics). `init_checkpoint`: params checkpoint or
+  pretraining workdir for the body (None: random init, for tests of the plumbing only)."""
   init = None if init_checkpoint is None else pretrained_init(init_checkpoint, config)
-  return loop.train(config, MULTIPLE_CHOICE.with_init(init), workdir, batches_factory,
+  return loop.train(config, task.with_init(init), workdir, batches_factory,
                     eval_batches_factory=eval_batches_factory, progress=progress, devices=devices,
                     config_override_ok=config_override_ok)
+
+
+def restore_finetuned(workdir: str | os.PathLike, task: Task, step: int | None = None
+                      ) -> tuple[ml_collections.ConfigDict, state_lib.Params]:
+  """(config, params) of a finetuning run of `task` (MULTIPLE_CHOICE or open_qa.OPEN_QA): its config.json and
+  the params of training checkpoint `step` (default: the latest)."""
+  config = workdir_lib.read_config(workdir)
+  if 'finetune' not in config:
+    raise ValueError(f'{workdir}/{workdir_lib.CONFIG_FILE} has no `finetune` section: not a finetuning workdir')
+  abstract = setup_lib.build(config, task).abstract_state
+  return config, workdir_lib.restore_state(workdir, config, abstract, step).params
 
 
 # --- evaluation ----------------------------------------------------------------------------------

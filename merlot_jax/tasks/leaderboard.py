@@ -26,11 +26,9 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from merlot_jax import workdir as workdir_lib
 from merlot_jax.data.tokenizer import Tokenizer
 from merlot_jax.tasks import finetune as ft
 from merlot_jax.tasks import mc_data, vcr
-from merlot_jax.train import setup as setup_lib
 from merlot_jax.train import state as state_lib
 
 VCR_COLUMNS = ([f'answer_{j}' for j in range(vcr.OPTIONS)] +
@@ -41,16 +39,6 @@ TVQA_FILES = ('prediction_val.json', 'prediction_test_public.json', 'meta.json')
 def softmax(logits: np.ndarray) -> np.ndarray:
   z = np.asarray(logits, np.float64) - np.max(logits)
   return np.exp(z) / np.exp(z).sum()
-
-
-def restore_finetuned(workdir: str | os.PathLike, step: int | None = None
-                      ) -> tuple[ml_collections.ConfigDict, state_lib.Params]:
-  """(config, params) of a finetuning workdir: its config.json and the params of checkpoint `step` (latest)."""
-  config = workdir_lib.load_config(workdir)
-  if 'finetune' not in config:
-    raise ValueError(f'{workdir}/{workdir_lib.CONFIG_FILE} has no `finetune` section: not a finetuning workdir')
-  abstract = setup_lib.build(config, ft.MULTIPLE_CHOICE).abstract_state
-  return config, workdir_lib.restore_state(workdir, config, abstract, step).params
 
 
 # --- VCR -------------------------------------------------------------------------------------------

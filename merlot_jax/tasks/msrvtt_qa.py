@@ -47,6 +47,7 @@ from merlot_jax.data.frames import decode_frames
 from merlot_jax.data.tokenizer import Tokenizer
 from merlot_jax.extras import import_extra
 from merlot_jax.preprocess import video as video_lib
+from merlot_jax.tasks import finetune as ft
 from merlot_jax.tasks import open_qa
 from merlot_jax.tasks.mc_data import option_ids
 from merlot_jax.train import state as state_lib
@@ -332,10 +333,11 @@ def finetune(config: ml_collections.ConfigDict, root: str | os.PathLike, workdir
   save_vocabulary(workdir, vocabulary)
   _write_json(workdir, 'msrvtt_qa_train_data.json', split.summary())
   questions = training_questions(split, vocabulary)
-  state = open_qa.finetune(
+  state = ft.finetune(
       config, workdir, lambda start, position: training_batches(questions, split, vocabulary, config, tokenizer,
                                                                 start),
-      init_checkpoint=init_checkpoint, progress=progress, devices=devices, config_override_ok=config_override_ok)
+      init_checkpoint=init_checkpoint, task=open_qa.OPEN_QA, progress=progress, devices=devices,
+      config_override_ok=config_override_ok)
   return state, vocabulary
 
 

@@ -13,8 +13,7 @@ adds nothing to the loss and always counts as wrong in the accuracy (no output c
 from __future__ import annotations
 
 import dataclasses
-import pathlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import chex
 import jax
@@ -25,13 +24,10 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from merlot_jax import workdir as workdir_lib
 from merlot_jax.config import ConfigError
 from merlot_jax.data.batch_spec import Field
 from merlot_jax.models.heads import AnswerHead
 from merlot_jax.models.merlot import MerlotModel
-from merlot_jax.tasks.finetune import pretrained_init
-from merlot_jax.train import loop
 from merlot_jax.train import setup as setup_lib
 from merlot_jax.train import state as state_lib
 from merlot_jax.train.task import Batch, Metrics, Task
@@ -93,26 +89,6 @@ def open_qa_loss_fn(model: OpenQAModel, batch: Batch, rng: jax.Array, config: ml
 
 
 OPEN_QA = Task('open_qa', open_qa_model, open_qa_loss_fn, OPEN_QA_BATCH_SPEC)
-
-
-def finetune(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, batches_factory: loop.BatchesFactory,
-             *, init_checkpoint: str | pathlib.Path | None, progress: bool = True,
-             eval_batches_factory: Callable[[], Iterator[dict[str, np.ndarray]]] | None = None,
-             devices: Sequence[jax.Device] | None = None, config_override_ok: bool = False
-             ) -> state_lib.TrainState:
-  """Trains the open-ended QA model with the pretraining loop (finetune.finetune's counterpart).
-  `init_checkpoint`: params checkpoint for the body (None: random init, for tests of the plumbing only)."""
-  init = None if init_checkpoint is None else pretrained_init(init_checkpoint, config)
-  return loop.train(config, OPEN_QA.with_init(init), workdir, batches_factory,
-                    eval_batches_factory=eval_batches_factory, progress=progress, devices=devices,
-                    config_override_ok=config_override_ok)
-
-
-def restore_finetuned(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, step: int | None = None
-                      ) -> state_lib.Params:
-  """The params of training checkpoint `step` (default: the latest) of the run in `workdir`."""
-  abstract = setup_lib.build(config, OPEN_QA).abstract_state
-  return workdir_lib.restore_state(workdir, config, abstract, step).params
 
 
 def predict(config: ml_collections.ConfigDict, params: state_lib.Params,

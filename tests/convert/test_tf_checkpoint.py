@@ -18,8 +18,7 @@ from flax import nnx, traverse_util
 from merlot_jax.config import load_config
 from merlot_jax.convert.tf_checkpoint import ConversionError, convert_variables, read_tf_checkpoint, tf_variable_map
 from merlot_jax.models.merlot import MerlotModel
-from merlot_jax.workdir import load_config as load_workdir_config
-from merlot_jax.workdir import restore_params
+from merlot_jax.workdir import read_config, restore_params
 from tests.convert import tf_layout
 from tests.models.testlib import REPO
 from tests.script_runner import run_script
@@ -240,7 +239,7 @@ def test_convert_script_writes_a_checkpoint_that_restores(scripts_running, golde
   code, out, err = _finish(proc)
   assert code == 0, err[-3000:]
   assert 'converted 160 TF variables' in out
-  config = load_workdir_config(out_dir)
+  config = read_config(out_dir)
   assert config.model.hidden_size == 64 and tuple(config.model.image_size) == (64, 96)
   # A fresh model (zeros), restored from the Orbax checkpoint.
   abstract = nnx.eval_shape(lambda: MerlotModel(config.model, rngs=nnx.Rngs(params=0)))

@@ -17,8 +17,7 @@ from merlot_jax.models.merlot import build_model
 from merlot_jax.special_tokens import PAD, START
 from merlot_jax.tasks import finetune as ft
 from merlot_jax.tasks import mc_data
-from merlot_jax.workdir import load_config as load_workdir_config
-from merlot_jax.workdir import save_params
+from merlot_jax.workdir import read_config, save_params
 from tests.script_runner import run_script
 from tests.tasks import release_fixtures as rf
 from tests.tasks.word_tokenizer import WordTokenizer
@@ -226,7 +225,7 @@ def test_finetune_script_takes_config_overrides(tmp_path, capsys):
                     '--tfds_data_dir', tmp_path / 'tfds', '--no_progress', '--config.train.total_steps=2',
                     '--config.train.global_batch_size=8', '--config.optim.warmup_steps=1',
                     '--config.finetune.segment_length=16', '--config.finetune.image_size=(64, 96)') == 0
-  saved = load_workdir_config(tmp_path / 'work')
+  saved = read_config(tmp_path / 'work')
   assert (saved.train.total_steps, saved.train.global_batch_size, saved.model.segment_length) == (2, 8, 16)
   assert saved.model.image_size == (64, 96)  # --config.finetune.image_size, not VCR's 384 x 704
   assert saved.model.hidden_size == tiny.model.hidden_size  # the checkpoint's model, not the task config's

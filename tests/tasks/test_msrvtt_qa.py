@@ -226,7 +226,7 @@ def write_colour_release(root: pathlib.Path, train: int, test: int) -> None:
 @pytest.mark.slow
 def test_finetunes_tiny_model_above_chance(tmp_path):
   """Random tiny body saved as the params checkpoint; train and evaluate through the task's own entry points
-  (msrvtt_qa.finetune, open_qa.restore_finetuned, msrvtt_qa.evaluate). One device: the task is under test."""
+  (msrvtt_qa.finetune, finetune.restore_finetuned, msrvtt_qa.evaluate). One device: the task is under test."""
   start = time.time()
   write_colour_release(tmp_path / 'release', train=64, test=32)
   steps = 40
@@ -239,7 +239,7 @@ def test_finetunes_tiny_model_above_chance(tmp_path):
   assert msrvtt_qa.load_vocabulary(work) == vocabulary
   assert json.loads((work / 'msrvtt_qa_train_data.json').read_text())['usable'] == 64
 
-  params = open_qa.restore_finetuned(config, work)
+  _, params = ft.restore_finetuned(work, open_qa.OPEN_QA)
   summary = msrvtt_qa.evaluate(config, params, tmp_path / 'release', 'test', tok, vocabulary, workdir=work,
                                progress=False)
   print(f'synthetic colour QA: test accuracy {summary["accuracy"]:.3f} vs chance {summary["chance_majority"]:.3f} '

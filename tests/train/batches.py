@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -55,3 +58,11 @@ def nan_gradient_loss(loss_fn):
     return _nan_gradient_if(loss, batch['video_src_ids'][0, 0] == POISON_MARK), m
 
   return poisoned
+
+
+def throttled(batches: Iterator[dict], seconds: float) -> Iterator[dict]:
+  """The same batches, each `seconds` late: a run slow enough for a test to signal it between checkpoints
+  whatever the host's speed (the math, and so every checkpoint, is unchanged)."""
+  for batch in batches:
+    time.sleep(seconds)
+    yield batch

@@ -21,10 +21,11 @@ from tests.train.batches import micro_config, synthetic_batches
 
 RUNNER = pathlib.Path(__file__).with_name('run_training.py')
 TOTAL, EVERY = 8, 2
+SIGNALLED_BATCH_SECONDS = 0.5  # runs the test signals: >= 1 s between checkpoints, for a 50 ms poll
 
 
-def _start(workdir: pathlib.Path) -> subprocess.Popen:
-  return subprocess.Popen([sys.executable, str(RUNNER), str(workdir), str(TOTAL), str(EVERY)],
+def _start(workdir: pathlib.Path, batch_seconds: float = 0.0) -> subprocess.Popen:
+  return subprocess.Popen([sys.executable, str(RUNNER), str(workdir), str(TOTAL), str(EVERY), str(batch_seconds)],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
 
 
@@ -62,13 +63,13 @@ def _logged_losses(workdir: pathlib.Path) -> dict[int, float]:
 def test_kill_resume_and_sigterm_match_an_uninterrupted_run(tmp_path):
   reference = _start(tmp_path / 'reference')
   interrupted = tmp_path / 'interrupted'
-  proc = _start(interrupted)
+  proc = _start(interrupted, SIGNALLED_BATCH_SECONDS)
   first = _wait_for_checkpoint(proc, interrupted, after=0)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert _steps(interrupted) and max(_steps(interrupted)) < TOTAL, 'the run finished before the kill'
 
-  proc = _start(interrupted)  # resumes; SIGTERM after its first new checkpoint
+  proc = _start(interrupted, SIGNALLED_BATCH_SECONDS)  # resumes; SIGTERM after its first new checkpoint
   _wait_for_checkpoint(proc, interrupted, after=max(_steps(interrupted)))
   proc.send_signal(signal.SIGTERM)
   preempted_step, _ = _finish(proc)  # exit status 0 and the state it stopped with
