@@ -23,7 +23,7 @@ SKIP_REASONS = (
     'bad_transcript',  # the transcript (or X.grover.json) does not parse or has no words
     'unreadable_video',  # PyAV cannot open or decode the video at the segment times
     'video_shorter_than_transcript',  # a segment's middle time is at or past the video's end
-    # Given by find_videos' scan, for paths with a video suffix that are never processed:
+    # Given by scan_videos, for paths with a video suffix that are never processed:
     'not_a_regular_file',  # a FIFO, socket, device or directory named like a video
     'broken_link',  # a symbolic link to nothing
     # Given by corpus.py's worker pool, not by process_video:
