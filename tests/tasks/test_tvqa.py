@@ -128,22 +128,31 @@ def test_frames_builder_config(release):
 # --- leaderboard files ------------------------------------------------------------------------------
 
 
+def _softmax(logits) -> np.ndarray:
+  """Plain numpy: exp(x - max) / sum."""
+  e = np.exp(np.asarray(logits, np.float64) - np.max(logits))
+  return e / e.sum()
+
+
 def test_submission_files_parse_back_to_the_predictions(tmp_path):
-  rng = np.random.default_rng(1)
-  val = [ft.Prediction(str(i), 0, int(rng.integers(5)), rng.normal(size=5)) for i in (3, 1, 2)]
-  test = [ft.Prediction(str(i), 0, -1, rng.normal(size=5)) for i in (100, 7)]
+  # Logits whose argmax is known by construction: val '3' -> 2 (label 2, right), '1' -> 1 (label 0, wrong),
+  # '2' -> 4 (label 4, right; log-probabilities, so its softmax is [1, 2, 3, 4, 10] / 20); test '100' -> 3, '7' -> 0.
+  val = [ft.Prediction('3', 0, 2, np.array([0.1, -1.0, 2.5, 0.3, 0.0])),
+         ft.Prediction('1', 0, 0, np.array([-0.5, 1.5, 0.2, 0.9, -2.0])),
+         ft.Prediction('2', 0, 4, np.log([1.0, 2.0, 3.0, 4.0, 10.0]))]
+  test = [ft.Prediction('100', 0, -1, np.array([1.0, 2.0, 3.0, 4.0, 0.0])),
+          ft.Prediction('7', 0, -1, np.array([5.0, 1.0, 1.0, 1.0, 1.0]))]
   archive = leaderboard.write_tvqa_submission(val, test, tmp_path, 'tiny')
-  assert leaderboard.read_tvqa_answers(tmp_path / 'prediction_val.json') == {
-      p.example_id: int(np.argmax(p.logits)) for p in val}
-  assert leaderboard.read_tvqa_answers(tmp_path / 'prediction_test_public.json') == {'100': int(np.argmax(
-      test[0].logits)), '7': int(np.argmax(test[1].logits))}
+  assert leaderboard.read_tvqa_answers(tmp_path / 'prediction_val.json') == {'3': 2, '1': 1, '2': 4}
+  assert leaderboard.read_tvqa_answers(tmp_path / 'prediction_test_public.json') == {'100': 3, '7': 0}
   with zipfile.ZipFile(archive) as z:
     assert sorted(z.namelist()) == sorted(leaderboard.TVQA_FILES)
     meta = json.loads(z.read('meta.json'))
   assert meta['model_name'] == 'tiny' and meta['with_ts'] is True
   path = leaderboard.write_predictions(val, ('answer',), tmp_path / 'val.jsonl')
   rows = {r['id']: r['answer'] for r in map(json.loads, path.read_text().splitlines())}
+  assert {i: (r['prediction'], r['label'], r['correct']) for i, r in rows.items()} == {
+      '3': (2, 2, True), '1': (1, 0, False), '2': (4, 4, True)}
   for p in val:
-    assert rows[p.example_id]['prediction'] == int(np.argmax(p.logits))
-    assert rows[p.example_id]['correct'] == p.correct and rows[p.example_id]['label'] == p.label
-    np.testing.assert_allclose(rows[p.example_id]['probs'], leaderboard.softmax(p.logits))
+    np.testing.assert_allclose(rows[p.example_id]['probs'], _softmax(p.logits), rtol=1e-12)
+  np.testing.assert_allclose(rows['2']['probs'], [0.05, 0.1, 0.15, 0.2, 0.5], rtol=1e-12)

@@ -9,7 +9,7 @@ import pytest
 
 from merlot_jax.pretraining.loss import pretraining_loss
 from merlot_jax.pretraining.task import PRETRAINING
-from merlot_jax.train import optim, setup
+from merlot_jax.train import setup
 from tests.train.batches import mark_poisoned, micro_config, nan_gradient_loss, synthetic_batch
 
 
@@ -28,16 +28,23 @@ def test_overfits_a_fixed_batch():
   config = micro_config(data=1, fsdp=1, tensor=1)
   s = setup.build(config, PRETRAINING, devices=jax.devices()[:1])
   state, batch = s.init_state(), s.global_batch(synthetic_batch(config, 8, seed=0))
-  losses = []
+  losses, rates = [], []
   for _ in range(30):
     state, metrics = s.train_step(state, batch)
     losses.append(float(metrics['loss']))
+    rates.append(float(metrics['learning_rate']))
   assert int(state.step) == 30
   assert np.isfinite(losses).all()
   assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:3]), losses
   assert float(metrics['grad_norm']) > 0 and float(metrics['param_norm']) > 0
-  np.testing.assert_allclose(float(metrics['learning_rate']),
-                             optim.learning_rate_schedule(3e-3, 1, 100)(29), rtol=1e-6)
+  # The rate each step used, from the schedule's closed form (linear warmup from 0, then linear decay to 0 at
+  # total_steps, scaled by s = total / (total - warmup + 1)): lr(t) = lr * t / warmup for t < warmup, else
+  # lr * s * (1 - t / total). micro_config: lr 3e-3, warmup 1, total 100, so s = 100 / 100 = 1 and the steps
+  # t = 0..29 used 0, 2.97e-3, 2.94e-3, ..., 2.13e-3.
+  assert (config.optim.learning_rate, config.optim.warmup_steps, config.train.total_steps) == (3e-3, 1, 100)
+  t = np.arange(30)
+  np.testing.assert_allclose(rates, np.where(t < 1, 0.0, 3e-3 * (1 - t / 100)), rtol=1e-6, atol=0)
+  assert rates[0] == 0 and rates[-1] == pytest.approx(2.13e-3, rel=1e-6)
 
 
 def test_a_step_with_nonfinite_gradients_changes_nothing_but_the_step():
