@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+import jax
 import ml_collections
 from etils import epath
 from flax import nnx
@@ -55,7 +56,11 @@ def restore_pretrained(path: str | os.PathLike, model: nnx.Module, step: int | N
   if _checkpoint_kind(directory, step) == 'params':
     workdir.restore_params(directory, model)
   else:
-    workdir.restore_train_params(directory, model, step)
+    state = nnx.state(model, nnx.Param)
+    shape = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, 'sharding', None))
+    nnx.replace_by_pure_dict(state, workdir.restore_train_params(directory, jax.tree.map(shape, state.to_pure_dict()),
+                                                                 step))
+    nnx.update(model, state)
 
 
 def load_pretrained(path: str | os.PathLike, *, config_fn: ConfigFn | None = None,

@@ -13,6 +13,7 @@ import jax
 import ml_collections
 import numpy as np
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
@@ -30,7 +31,11 @@ LOGICAL_RULES: dict[str, str | tuple[str, ...] | None] = {
 
 
 def make_mesh(mesh_config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A (data, fsdp, tensor) mesh; one entry may be -1 and takes the devices that are left."""
+  """A (data, fsdp, tensor) mesh; one entry may be -1 and takes the devices that are left.
+
+  The one mesh builder: training, evaluation and the ahead-of-time compiles for a TPU topology all lay the
+  devices out with `mesh_utils.create_device_mesh` (on a TPU, along the physical torus; elsewhere in order),
+  so an AOT compile sees the device layout that training uses."""
   devices = list(jax.devices() if devices is None else devices)
   sizes = [int(mesh_config[a]) for a in MESH_AXES]
   if sizes.count(-1) > 1:
@@ -44,7 +49,7 @@ def make_mesh(mesh_config: ml_collections.ConfigDict, devices: Sequence[jax.Devi
   if int(np.prod(sizes)) != len(devices):
     raise ValueError(f'config.mesh {dict(zip(MESH_AXES, sizes, strict=True))} needs {int(np.prod(sizes))} devices, '
                      f'but {len(devices)} are available')
-  return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+  return Mesh(mesh_utils.create_device_mesh(sizes, devices), MESH_AXES)
 
 
 def _mesh_axes_size(mesh: Mesh | jax.sharding.AbstractMesh, axes) -> int:

@@ -149,18 +149,6 @@ def train_checkpointer(workdir: str | os.PathLike, config: ml_collections.Config
   return TrainCheckpointer(as_path(workdir) / CHECKPOINTS_DIR, keep=config.train.keep_checkpoints)
 
 
-def restore_state(workdir: str | os.PathLike, config: ml_collections.ConfigDict, abstract_state: Any,
-                  step: int | None = None) -> Any:
-  """The TrainState of checkpoint `step` (default: the latest) of the run in `workdir`, read into the
-  shardings of `abstract_state` (e.g. train.setup.build(...).abstract_state); nothing on disk changes."""
-  checkpointer = train_checkpointer(workdir, config)
-  try:
-    state, _ = checkpointer.restore(abstract_state, step)
-  finally:
-    checkpointer.close()
-  return state
-
-
 def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
   """The complete training checkpoints (steps, ascending) of a workdir's checkpoints/ folder."""
   directory = as_path(workdir) / CHECKPOINTS_DIR
@@ -171,20 +159,18 @@ def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
     return sorted(manager.all_steps())
 
 
-def restore_train_params(workdir: str | os.PathLike, model: nnx.Module, step: int | None = None) -> None:
-  """Reads only `params` of the TrainState saved at `step` (default: the latest) into `model`."""
+def restore_train_params(workdir: str | os.PathLike, target: Any, step: int | None = None) -> Any:
+  """Reads only `params` of the TrainState saved at `step` (default: the latest), never the optimizer state,
+  into the shapes, dtypes and shardings of `target` (a pytree of ShapeDtypeStructs)."""
   steps = checkpoint_steps(workdir)
   if not steps:
     raise FileNotFoundError(f'{as_path(workdir) / CHECKPOINTS_DIR}: no complete training checkpoint in it')
   step = steps[-1] if step is None else step
   if step not in steps:
     raise FileNotFoundError(f'{as_path(workdir) / CHECKPOINTS_DIR}: no checkpoint of step {step}; it has {steps}')
-  state = nnx.state(model, nnx.Param)
-  shape = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, 'sharding', None))
-  target = {'params': jax.tree.map(shape, state.to_pure_dict())}
+  target = {'params': target}
   args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
                                 partial_restore=True)
   with ocp.PyTreeCheckpointer() as checkpointer:
     restored = checkpointer.restore(as_path(workdir) / CHECKPOINTS_DIR / str(step) / STATE_ITEM, args=args)
-  nnx.replace_by_pure_dict(state, restored['params'])
-  nnx.update(model, state)
+  return restored['params']

@@ -8,6 +8,7 @@ from merlot_jax import hardware
 from merlot_jax.config import validate
 from merlot_jax.pretraining.task import PRETRAINING
 from merlot_jax.train import aot
+from merlot_jax.train.compiled import Cost, Memory
 from tests.train.batches import micro_config
 
 
@@ -53,8 +54,8 @@ def test_a_v5e_2x2_compile_fits_and_only_the_unrolled_xla_flops_match_the_analyt
   report, compiled = aot.compile_train_step(layer_heavy_config(), PRETRAINING, 'v5e:2x2')
   assert report.num_devices == 4 and report.mesh == {'data': 2, 'fsdp': 2, 'tensor': 1}
   assert 0 < report.total_bytes < report.hbm_bytes == 16 * hardware.GiB
-  assert report.argument_bytes > 0 and report.temp_bytes > 0
-  assert compiled.memory_analysis().temp_size_in_bytes == report.temp_bytes  # the scanned step's own memory
+  assert report.memory.argument_bytes > 0 and report.memory.temp_bytes > 0
+  assert compiled.memory_analysis().temp_size_in_bytes == report.memory.temp_bytes  # the scanned step's own memory
   # Costs are per device: x 4 devices they match the whole slice's analytic count.
   unrolled = report.unrolled_cost.flops * report.num_devices / report.model_flops_per_step
   scanned = report.compiled_cost.flops * report.num_devices / report.model_flops_per_step
@@ -65,9 +66,9 @@ def test_a_v5e_2x2_compile_fits_and_only_the_unrolled_xla_flops_match_the_analyt
 
 def test_compute_and_roofline_bounds_of_the_paper_step_on_v3_1024():
   """configs/base.py on v3-1024 (mesh 256 x 4): XLA's unrolled costs per core as compiled (docs/aot.md)."""
-  unrolled = aot.Cost(flops=4.2477e12, bytes_accessed=51.764e9)
+  unrolled = Cost(flops=4.2477e12, bytes_accessed=51.764e9)
   report = aot.Report(hardware.parse_topology('v3-1024'), 1024, {'data': 256, 'fsdp': 4, 'tensor': 1}, 'none', 1024,
-                      1, 1, 1, 1, 1, 4.2327e15, aot.Cost(0.99e12, 20e9), None, 460_000, 790.0, None)
+                      Memory(1, 1, 1, 1, 1), 4.2327e15, Cost(0.99e12, 20e9), None, 460_000, 790.0, None)
   assert report.compute_bound_seconds == pytest.approx(4.2327e15 / (1024 * 61.5e12))
   assert report.roofline_bound_seconds is None
   assert 'not compiled (--nounrolled_cost)' in report.format() and 'roofline bound  n/a' in report.format()

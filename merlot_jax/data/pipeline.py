@@ -230,7 +230,8 @@ def _check_layout(files: list[str], config: ml_collections.ConfigDict) -> None:
 
 
 class DataIterator(Iterator[dict[str, np.ndarray]]):
-  """Numpy batches (BATCH_SPEC) of one host; `position` is what a checkpoint saves to resume exactly.
+  """Numpy batches (BATCH_SPEC) of one host (a host_batches.HostBatches); `position` is what a checkpoint
+  saves to resume exactly.
 
   step: batches returned so far (counting from start_step); position: records of the host stream
   consumed through the last batch; skipped: corrupt records dropped since this iterator started.

@@ -7,12 +7,13 @@ permutation), so every objective has work to do.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
 
 import ml_collections
 import numpy as np
 
 from merlot_jax.data import batch_spec
+from merlot_jax.data.host_batches import StepIndexed
 from merlot_jax.special_tokens import NUM_SPECIAL, START
 
 
@@ -35,9 +36,7 @@ def random_batch(config: ml_collections.ConfigDict, batch_size: int, seed: int) 
 
 
 def random_batches(config: ml_collections.ConfigDict, batch_size: int, *, start_step: int = 0,
-                   seed: int = 0) -> Iterator[dict[str, np.ndarray]]:
-  """Batch k is a function of (seed, k) only, so a resumed run sees the batches it would have seen."""
-  step = start_step
-  while True:
-    yield random_batch(config, batch_size, seed * 1_000_003 + step)
-    step += 1
+                   seed: int = 0) -> StepIndexed:
+  """Endless; batch k is a function of (seed, k) only, so a resumed run sees the batches it would have seen."""
+  return StepIndexed(random_batch(config, batch_size, seed * 1_000_003 + step)
+                     for step in itertools.count(start_step))

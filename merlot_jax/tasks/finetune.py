@@ -181,8 +181,8 @@ def restore_finetuned(workdir: str | os.PathLike, task: Task, step: int | None =
   config = workdir_lib.read_config(workdir)
   if 'finetune' not in config:
     raise ValueError(f'{workdir}/{workdir_lib.CONFIG_FILE} has no `finetune` section: not a finetuning workdir')
-  abstract = setup_lib.build(config, task).abstract_state
-  return config, workdir_lib.restore_state(workdir, config, abstract, step).params
+  abstract = setup_lib.layout(config, task).abstract_params
+  return config, workdir_lib.restore_train_params(workdir, abstract, step)
 
 
 # --- evaluation ----------------------------------------------------------------------------------
@@ -203,17 +203,17 @@ class Prediction:
 def predict(config: ml_collections.ConfigDict, params: state_lib.Params,
             batches: Iterable[dict[str, np.ndarray]]) -> list[Prediction]:
   """Scores every real row (weight > 0) of `mc_data.mc_batches` output, without dropout."""
-  setup = setup_lib.build(config, MULTIPLE_CHOICE)
+  layout = setup_lib.layout(config, MULTIPLE_CHOICE)
 
   def forward(p, batch):
-    return state_lib.merge(setup.graphdef, p)(batch['images'], batch['input_ids'], batch['head'])
+    return state_lib.merge(layout.graphdef, p)(batch['images'], batch['input_ids'], batch['head'])
 
-  jitted = jax.jit(forward, in_shardings=(setup.state_shardings.params, setup.batch_shardings),
-                   out_shardings=NamedSharding(setup.mesh, PartitionSpec()))
+  jitted = jax.jit(forward, in_shardings=(layout.param_shardings, layout.batch_shardings),
+                   out_shardings=NamedSharding(layout.mesh, PartitionSpec()))
   out = []
   for local in batches:
-    with jax.set_mesh(setup.mesh):
-      logits = np.asarray(jitted(params, setup.global_batch(local)))
+    with jax.set_mesh(layout.mesh):
+      logits = np.asarray(jitted(params, layout.global_batch(local)))
     for i in np.flatnonzero(local['weight'] > 0):
       out.append(Prediction(str(local['example_id'][i]), int(local['head'][i]), int(local['label'][i]), logits[i]))
   return out

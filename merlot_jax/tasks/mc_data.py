@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 
 from merlot_jax.data.frames import FRAME_UNIFORMS, decode_frames
+from merlot_jax.data.host_batches import StepIndexed
 from merlot_jax.data.tokenizer import Tokenizer
 from merlot_jax.extras import import_extra
 from merlot_jax.special_tokens import END, PAD, START
@@ -142,11 +143,11 @@ def mc_batches(problems: Iterable[Problem], config: ml_collections.ConfigDict, t
 
 
 def training_batches(load: Callable[[int], Iterable[Problem]], config: ml_collections.ConfigDict,
-                     tokenizer: Tokenizer, start_step: int) -> Iterator[dict[str, np.ndarray]]:
+                     tokenizer: Tokenizer, start_step: int) -> StepIndexed:
   """Endless full batches of config.train.global_batch_size, epoch e reading `load(seed + e)`, frames
   augmented; resuming at `start_step` skips the problems already seen and draws as the first run did."""
   b, seed = config.train.global_batch_size, config.data.seed
   epochs = (load(seed + e) for e in itertools.count())
   problems = itertools.islice(itertools.chain.from_iterable(epochs), start_step * b, None)
-  return mc_batches(problems, config, tokenizer, b, drop_remainder=True, augment_seed=seed,
-                    first_index=start_step * b)
+  return StepIndexed(mc_batches(problems, config, tokenizer, b, drop_remainder=True, augment_seed=seed,
+                                first_index=start_step * b))

@@ -44,6 +44,7 @@ import tqdm
 from etils import epath
 
 from merlot_jax.data.frames import decode_frames
+from merlot_jax.data.host_batches import StepIndexed
 from merlot_jax.data.tokenizer import Tokenizer
 from merlot_jax.extras import import_extra
 from merlot_jax.preprocess import video as video_lib
@@ -298,15 +299,14 @@ def training_questions(split: Split, vocabulary: Sequence[str]) -> tuple[Questio
 
 
 def training_batches(questions: Sequence[Question], split: Split, vocabulary: Sequence[str],
-                     config: ml_collections.ConfigDict, tokenizer: Tokenizer, start_step: int
-                     ) -> Iterator[dict[str, np.ndarray]]:
+                     config: ml_collections.ConfigDict, tokenizer: Tokenizer, start_step: int) -> StepIndexed:
   """Endless full batches of config.train.global_batch_size, epoch e in the order of a permutation seeded
   with config.data.seed + e; resuming at `start_step` skips the questions already seen."""
   b = config.train.global_batch_size
   epochs = ((questions[i] for i in np.random.default_rng(config.data.seed + e).permutation(len(questions)))
             for e in itertools.count())
   stream = itertools.islice(itertools.chain.from_iterable(epochs), start_step * b, None)
-  return qa_batches(stream, split, vocabulary, config, tokenizer, b, drop_remainder=True)
+  return StepIndexed(qa_batches(stream, split, vocabulary, config, tokenizer, b, drop_remainder=True))
 
 
 # --- runs ---------------------------------------------------------------------------------------

@@ -94,18 +94,18 @@ OPEN_QA = Task('open_qa', open_qa_model, open_qa_loss_fn, OPEN_QA_BATCH_SPEC)
 def predict(config: ml_collections.ConfigDict, params: state_lib.Params,
             batches: Iterable[dict[str, np.ndarray]]) -> dict[int, int]:
   """question_id -> index of the predicted answer, for every real row (weight > 0), without dropout."""
-  setup = setup_lib.build(config, OPEN_QA)
+  layout = setup_lib.layout(config, OPEN_QA)
 
   def forward(p, batch):
-    logits = state_lib.merge(setup.graphdef, p)(batch['images'], batch['input_ids'])
+    logits = state_lib.merge(layout.graphdef, p)(batch['images'], batch['input_ids'])
     return jnp.argmax(logits, axis=-1)
 
-  jitted = jax.jit(forward, in_shardings=(setup.state_shardings.params, setup.batch_shardings),
-                   out_shardings=NamedSharding(setup.mesh, PartitionSpec()))
+  jitted = jax.jit(forward, in_shardings=(layout.param_shardings, layout.batch_shardings),
+                   out_shardings=NamedSharding(layout.mesh, PartitionSpec()))
   out = {}
   for local in batches:
-    with jax.set_mesh(setup.mesh):
-      guess = np.asarray(jitted(params, setup.global_batch(local)))
+    with jax.set_mesh(layout.mesh):
+      guess = np.asarray(jitted(params, layout.global_batch(local)))
     for i in np.flatnonzero(local['weight'] > 0):
       out[int(local['question_id'][i])] = int(guess[i])
   return out

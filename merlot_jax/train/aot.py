@@ -20,12 +20,13 @@ import time
 
 import jax
 import ml_collections
-from jax.experimental import mesh_utils, topologies
+from jax.experimental import topologies
 from jax.sharding import Mesh
 
-from merlot_jax import sharding
 from merlot_jax.hardware import GiB, Topology, parse_topology
+from merlot_jax.train import compiled as compiled_lib
 from merlot_jax.train import setup
+from merlot_jax.train.compiled import Cost, Memory
 from merlot_jax.train.task import Task
 
 _FIT_ADVICE = 'Try more fsdp/tensor sharding, --config.model.remat_policy=full, or a smaller batch.'
@@ -57,30 +58,6 @@ def topology_devices(topology: Topology) -> list[jax.Device]:
   return devices
 
 
-def topology_mesh(config: ml_collections.ConfigDict, devices: list[jax.Device]) -> Mesh:
-  """The config's (data, fsdp, tensor) mesh, laid out on the physical torus by mesh_utils."""
-  shape = sharding.make_mesh(config.mesh, devices).devices.shape  # resolves -1 and checks the count
-  return Mesh(mesh_utils.create_device_mesh(shape, devices), sharding.MESH_AXES)
-
-
-@dataclasses.dataclass(frozen=True)
-class Cost:
-  """XLA's cost analysis of one compiled program, per device: an SPMD compile is one partitioned program that
-  every device runs, and the analysis counts that program (configs/tiny.py on v5e:2x2: 1/4 of the FLOPs and
-  bytes of v5e:1x1, within 2%)."""
-
-  flops: float
-  bytes_accessed: float
-
-
-def xla_cost(compiled: jax.stages.Compiled) -> Cost | None:
-  """The compiled program's FLOPs and bytes accessed per device, or None where XLA reports none."""
-  costs = compiled.cost_analysis()
-  costs = (costs[0] if isinstance(costs, (list, tuple)) else costs) or {}
-  flops, bytes_accessed = float(costs.get('flops', 0.0)), float(costs.get('bytes accessed', 0.0))
-  return Cost(flops, bytes_accessed) if flops > 0 and bytes_accessed > 0 else None
-
-
 @dataclasses.dataclass(frozen=True)
 class Report:
   """One compiled train step. Memory and costs are XLA's (compiled), per device; the two step-time bounds
@@ -91,11 +68,7 @@ class Report:
   mesh: dict[str, int]
   remat_policy: str
   global_batch_size: int
-  argument_bytes: int
-  output_bytes: int
-  alias_bytes: int  # outputs written into donated arguments
-  temp_bytes: int
-  code_bytes: int
+  memory: Memory
   model_flops_per_step: float  # analytic (3 x the forward's matmuls and convs), whole slice
   compiled_cost: Cost | None  # the step as configured; a scanned layer stack's loop body is counted once
   unrolled_cost: Cost | None  # the step with scan_layers=False, every layer counted; None: not compiled
@@ -105,7 +78,7 @@ class Report:
 
   @property
   def total_bytes(self) -> int:
-    return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes + self.code_bytes
+    return self.memory.total_bytes
 
   @property
   def hbm_bytes(self) -> int:
@@ -134,10 +107,11 @@ class Report:
     gib = lambda x: f'{x / GiB:7.2f} GiB'
     return [
         "memory per device (compiled: XLA's memory analysis of the step as configured):",
-        f'  arguments     {gib(self.argument_bytes)}',
-        f'  outputs       {gib(self.output_bytes)} ({gib(self.alias_bytes).strip()} aliased to donated arguments)',
-        f'  temporaries   {gib(self.temp_bytes)}',
-        f'  generated code{gib(self.code_bytes)}',
+        f'  arguments     {gib(self.memory.argument_bytes)}',
+        f'  outputs       {gib(self.memory.output_bytes)} ({gib(self.memory.alias_bytes).strip()} aliased to '
+        'donated arguments)',
+        f'  temporaries   {gib(self.memory.temp_bytes)}',
+        f'  generated code{gib(self.memory.code_bytes)}',
         f'  total         {gib(self.total_bytes)} of {gib(self.hbm_bytes).strip()} HBM '
         f'({100 * self.total_bytes / self.hbm_bytes:.0f}%)',
     ]
@@ -193,18 +167,14 @@ def unrolled(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def _compile(config: ml_collections.ConfigDict, task: Task, mesh: Mesh, setting: str) -> jax.stages.Compiled:
-  """Lowers and compiles the task's train step for `config` on `mesh` for its abstract state and global
-  batch; DoesNotFitError when XLA runs out of HBM."""
-  run = setup.build(config, task, mesh=mesh)
-  with jax.set_mesh(mesh):
-    lowered = run.jit_train_step.lower(run.abstract_state, run.abstract_batch())
-    try:
-      return lowered.compile()
-    except jax.errors.JaxRuntimeError as e:
-      if 'RESOURCE_EXHAUSTED' in str(e) or 'out of memory' in str(e).lower():
-        raise DoesNotFitError(f'the train step does not fit in HBM on {setting}: XLA says {str(e)[:600]}. '
-                              f'{_FIT_ADVICE}') from e
-      raise
+  """The task's train step for `config` compiled on `mesh`; DoesNotFitError when XLA runs out of HBM."""
+  try:
+    return setup.build(config, task, mesh=mesh).train_step
+  except jax.errors.JaxRuntimeError as e:
+    if compiled_lib.is_out_of_memory(e):
+      raise DoesNotFitError(f'the train step does not fit in HBM on {setting}: XLA says {str(e)[:600]}. '
+                            f'{_FIT_ADVICE}') from e
+    raise
 
 
 def compile_train_step(config: ml_collections.ConfigDict, task: Task, topology_name: str, *,
@@ -214,16 +184,14 @@ def compile_train_step(config: ml_collections.ConfigDict, task: Task, topology_n
   (naming the topology, mesh, remat policy and sizes) when the step as configured does not fit in HBM, before
   the unrolled compile. Returns the report and the step as configured, compiled."""
   topology = parse_topology(topology_name)
-  mesh = topology_mesh(config, topology_devices(topology))
+  mesh = setup.make_mesh(config, topology_devices(topology))
   setting = (f'{topology.name} with mesh {dict(mesh.shape)}, remat {config.model.remat_policy!r}, global batch '
              f'{config.train.global_batch_size}')
   start = time.perf_counter()
   compiled = _compile(config, task, mesh, setting)
-  seconds, mem, cost = time.perf_counter() - start, compiled.memory_analysis(), xla_cost(compiled)
+  seconds, cost = time.perf_counter() - start, compiled_lib.cost(compiled)
   report = Report(topology, mesh.size, dict(mesh.shape), config.model.remat_policy, config.train.global_batch_size,
-                  mem.argument_size_in_bytes, mem.output_size_in_bytes, mem.alias_size_in_bytes,
-                  mem.temp_size_in_bytes, mem.generated_code_size_in_bytes,
-                  task.flops_per_step(config), cost,
+                  compiled_lib.memory(compiled), task.flops_per_step(config), cost,
                   None if config.model.scan_layers else cost, config.train.total_steps, seconds, None)
   if not report.fits:
     raise DoesNotFitError(f'the train step does not fit in HBM on {setting}: it needs '
@@ -233,6 +201,6 @@ def compile_train_step(config: ml_collections.ConfigDict, task: Task, topology_n
     start = time.perf_counter()
     full = _compile(unrolled(config), task, mesh, f'{setting}, unrolled (scan_layers=False) for its cost analysis '
                     'only; the scanned step fits: --nounrolled_cost skips this compile')
-    report = dataclasses.replace(report, unrolled_cost=xla_cost(full),
+    report = dataclasses.replace(report, unrolled_cost=compiled_lib.cost(full),
                                  unrolled_compile_seconds=time.perf_counter() - start)
   return report, compiled

@@ -20,6 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from merlot_jax import hardware, sharding
 from merlot_jax.hardware import GiB
+from merlot_jax.train import compiled as compiled_lib
 from merlot_jax.train import setup
 from merlot_jax.train.task import Task
 
@@ -86,8 +87,7 @@ def compile_step(config: ml_collections.ConfigDict, task: Task) -> tuple[jax.sta
   (compiled, setup, compile seconds)."""
   run = setup.build(config, task)
   start = time.perf_counter()
-  with jax.set_mesh(run.mesh):
-    compiled = run.jit_train_step.lower(run.abstract_state, run.abstract_batch()).compile()
+  compiled = run.train_step
   return compiled, run, time.perf_counter() - start
 
 
@@ -97,18 +97,17 @@ def compile_seconds(config: ml_collections.ConfigDict, task: Task) -> float:
 
 
 def compiled_bytes(compiled: jax.stages.Compiled) -> int:
-  """Per-device memory of a compiled step from XLA's memory analysis: arguments + outputs not aliased to
-  donated arguments + temporaries + generated code."""
-  m = compiled.memory_analysis()
-  return (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
-          + m.generated_code_size_in_bytes)
+  """Per-device memory of a compiled step (compiled.Memory.total_bytes)."""
+  return compiled_lib.memory(compiled).total_bytes
 
 
 def _xla_flops(compiled: jax.stages.Compiled) -> float:
   """XLA's cost-analysis FLOPs of a compiled SPMD step, all devices (its analysis is of one device)."""
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost['flops']) * jax.device_count()
+  cost = compiled_lib.cost(compiled)
+  if cost is None:
+    raise FlopCountError(f'XLA reports no cost analysis for {jax.devices()[0].device_kind}: run with '
+                         '--skip_flop_check')
+  return cost.flops * jax.device_count()
 
 
 def flop_check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -166,13 +165,12 @@ def _time_steps(compiled: jax.stages.Compiled, run: setup.Setup, steps: int) -> 
     raise ValueError(f'task {run.task.name!r} gives no example_batch to time its steps on')
   state = run.init_state()
   batch = run.global_batch(run.task.example_batch(run.config, run.config.train.global_batch_size, 0))
-  with jax.set_mesh(run.mesh):
-    state, out = compiled(state, batch)  # warm-up
-    jax.block_until_ready(out)
-    start = time.perf_counter()
-    for _ in range(steps):
-      state, out = compiled(state, batch)
-    jax.block_until_ready(out)
+  state, out = compiled(state, batch)  # warm-up
+  jax.block_until_ready(out)
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, out = compiled(state, batch)
+  jax.block_until_ready(out)
   return (time.perf_counter() - start) / steps
 
 
@@ -225,7 +223,7 @@ def step_bytes(config: ml_collections.ConfigDict, task: Task, per_device_batch: 
   try:
     return compiled_bytes(compile_step(with_batch(config, per_device_batch), task)[0])
   except jax.errors.JaxRuntimeError as e:
-    if 'RESOURCE_EXHAUSTED' in str(e) or 'out of memory' in str(e).lower():
+    if compiled_lib.is_out_of_memory(e):
       return np.iinfo(np.int64).max
     raise
 

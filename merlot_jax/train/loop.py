@@ -22,6 +22,7 @@ from jax.experimental import multihost_utils
 
 from merlot_jax import checkpoint
 from merlot_jax import workdir as workdir_lib
+from merlot_jax.data.host_batches import HostBatches
 from merlot_jax.train import metrics as metrics_lib
 from merlot_jax.train import setup as setup_lib
 from merlot_jax.train import state as state_lib
@@ -30,7 +31,7 @@ from merlot_jax.train.task import Task
 log = logging.getLogger(__name__)
 
 # (start_step, start_position or None) -> this host's numpy batches from that point on.
-BatchesFactory = Callable[[int, int | None], Iterator[dict[str, np.ndarray]]]
+BatchesFactory = Callable[[int, int | None], HostBatches]
 
 
 class PreemptionSync:
@@ -98,8 +99,10 @@ def train(config: ml_collections.ConfigDict, task: Task, workdir: str | pathlib.
 
   Writes workdir/config.json; on resume, a config that changes what the run trains stops it first
   (merlot_jax/workdir.py; `config_override_ok` accepts any change). An unreadable latest checkpoint is set
-  aside and the newest readable one restored. Evaluates every config.train.eval_every steps (0: never) on
-  config.train.eval_steps batches of a fresh `eval_batches_factory()`. Returns the final (saved) state.
+  aside and the newest readable one restored. The train step is compiled before the first batch is read.
+  Evaluates every config.train.eval_every steps (0: never) on config.train.eval_steps batches of a fresh
+  `eval_batches_factory()`. Stops with NonFiniteError after config.train.max_consecutive_skips non-finite
+  steps in a row, before it writes another checkpoint. Returns the final (saved) state.
   """
   t = config.train
   workdir = checkpoint.as_path(workdir)
@@ -108,7 +111,6 @@ def train(config: ml_collections.ConfigDict, task: Task, workdir: str | pathlib.
   workdir_lib.check_and_write_config(workdir, config, resumed_step=ckpt.latest_step(),
                                      override_ok=config_override_ok, write=jax.process_index() == 0)
   state, start, position = _restore_or_init(setup, ckpt)
-  batches = batches_factory(start, position)
   logger = metrics_lib.MetricsLogger(config, workdir, total_steps=t.total_steps, start_step=start,
                                      flops_per_example=task.flops_per_example and task.flops_per_example(config),
                                      peak_flops_per_device=peak_flops_per_device, num_devices=setup.mesh.size,
@@ -117,36 +119,56 @@ def train(config: ml_collections.ConfigDict, task: Task, workdir: str | pathlib.
                                and step % t.eval_every == 0)
   step = start
   try:
+    train_step = _compile_train_step(setup, logger, start)
+    batches = _host_batches(batches_factory, start, position)
     with PreemptionSync() as preemption:
       while step < t.total_steps:
-        batch = setup.global_batch(next(batches))
-        if step == start:  # the first call compiles: timed once, left out of the throughput
-          compile_start = time.perf_counter()
-          with logger.untimed():
-            state, step_metrics = setup.train_step(state, batch)
-          logger.log_compile(step + 1, time.perf_counter() - compile_start)
-        else:
-          state, step_metrics = setup.train_step(state, batch)
+        state, step_metrics = train_step(state, setup.global_batch(next(batches)))
         step += 1
         preempted = preemption.reached(step)
         logger.record(step, step_metrics)
-        if step % t.log_every == 0:
-          logger.flush()
+        save = step % t.checkpoint_every == 0 or preempted or step == t.total_steps
+        if step % t.log_every == 0 or save:  # before a save: a diverged run stops before it writes a checkpoint
+          _flush(logger)
         if evaluate_now(step):
           with logger.untimed():
             logger.write(step, evaluate(setup, state, eval_batches_factory(), t.get('eval_steps', 1)), prefix='eval/')
-        if step % t.checkpoint_every == 0 or preempted or step == t.total_steps:
-          logger.flush()  # the NaN guard runs before a checkpoint is written
+        if save:
           with logger.untimed():
-            ckpt.save(step, state, getattr(batches, 'position', None))
+            ckpt.save(step, state, batches.position)
         if preempted:
           ckpt.wait()
-          log.warning('preempted: every process stopped at step %d; its checkpoint is in %s', step,
-                          ckpt.directory)
+          log.warning('preempted: every process stopped at step %d; its checkpoint is in %s', step, ckpt.directory)
           break
-    logger.flush()
+    _flush(logger)
   finally:
     ckpt.wait()
     ckpt.close()
     logger.close()
   return state
+
+
+def _compile_train_step(setup: setup_lib.Setup, logger: metrics_lib.MetricsLogger, start: int
+                        ) -> jax.stages.Compiled:
+  """The setup's train step, compiled (timed, logged, and left out of the throughput)."""
+  begin = time.perf_counter()
+  with logger.untimed():
+    train_step = setup.train_step
+  logger.log_compile(start + 1, time.perf_counter() - begin)
+  return train_step
+
+
+def _host_batches(batches_factory: BatchesFactory, start: int, position: int | None) -> HostBatches:
+  batches = batches_factory(start, position)
+  if not isinstance(batches, HostBatches):
+    raise TypeError(f'batches_factory returned a {type(batches).__name__}, not a HostBatches: the trainer saves '
+                    'its `position` with each checkpoint (merlot_jax/data/host_batches.py; wrap batches that are '
+                    'a function of the step alone in host_batches.StepIndexed)')
+  return batches
+
+
+def _flush(logger: metrics_lib.MetricsLogger) -> None:
+  """Writes the pending metrics; stops the run once too many steps in a row were non-finite."""
+  logger.flush()
+  if logger.diverged is not None:
+    raise logger.diverged.error()

@@ -1,10 +1,11 @@
 """Training metrics: one log line per interval, TensorBoard, progress bar, throughput and MFU (from the
 task's analytic FLOPs per example), and the count of steps the non-finite guard skipped (train/step.py),
-stopping the run after too many in a row."""
+with the divergence that should stop the run (too many in a row)."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -26,20 +27,33 @@ class NonFiniteError(FloatingPointError):
   """Too many consecutive train steps had a non-finite loss, gradient or update."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Divergence:
+  """`steps` train steps in a row, the last of them `step`, were skipped as non-finite (`what` was)."""
+
+  step: int
+  steps: int
+  what: str
+
+  def error(self) -> NonFiniteError:
+    return NonFiniteError(f'step {self.step}: {self.steps} steps in a row had non-finite {self.what} '
+                          f'(config.train.max_consecutive_skips = {self.steps}); stopping. None of them changed '
+                          'the params, so every checkpoint holds params from finite steps.')
+
+
 # Per-step outputs of the train step's non-finite guard, counted rather than averaged.
 GUARD_METRICS = ('skipped', 'nonfinite/loss', 'nonfinite/grads', 'nonfinite/updates')
 
 
 class MetricsLogger:
   """Collects each step's device metrics without blocking; `flush()` fetches them, counts the steps the
-  train step skipped as non-finite (`skipped_steps`; NonFiniteError after config.train.max_consecutive_skips
-  in a row, naming the step and what was non-finite), and writes the interval's mean over the steps that
-  were not skipped as one log line and TensorBoard scalars (workdir/<name>/). While its progress bar is
-  shown, console lines are written above it (logs.lines_above_progress_bars).
+  train step skipped as non-finite (`skipped_steps`; `diverged` is set at the step that makes
+  config.train.max_consecutive_skips in a row), and writes the interval's mean over the steps that were not
+  skipped as one log line and TensorBoard scalars (workdir/<name>/). While its progress bar is shown, console
+  lines are written above it (logs.lines_above_progress_bars).
 
-  Call `flush()` at each log interval and before saving a checkpoint, so that a run that keeps failing
-  stops before it writes another checkpoint. Throughput (examples/s, TFLOP/s, MFU) counts train steps
-  only: wrap compiles, evaluations and checkpoint saves in `untimed()`. `clock` (seconds) times them.
+  Throughput (examples/s, TFLOP/s, MFU) counts train steps only: wrap compiles, evaluations and checkpoint
+  saves in `untimed()`. `clock` (seconds) times them.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, total_steps: int,
@@ -62,6 +76,7 @@ class MetricsLogger:
     self.untimed_seconds = 0.0  # of the current interval
     self.max_consecutive_skips = config.train.max_consecutive_skips
     self.consecutive_skips = self.skipped_steps = 0
+    self.diverged: Divergence | None = None
 
   def record(self, step: int, metrics: Mapping[str, jax.Array]) -> None:
     """`step` is the step the metrics belong to (1-based: the state's step after the update)."""
@@ -80,8 +95,8 @@ class MetricsLogger:
     now = self.clock()
     steps, seconds = step - self.last_step, max(now - self.last_time - self.untimed_seconds, 1e-9)
     self.last_time, self.last_step, self.untimed_seconds = now, step, 0.0
-    kept = [m for _, m in fetched if not m.get('skipped')] or [m for _, m in fetched]
-    mean = {k: float(np.mean([m[k] for m in kept])) for k in kept[0] if k not in GUARD_METRICS}
+    kept = [m for _, m in fetched if not m.get('skipped')]  # an interval of skipped steps logs only the counts
+    mean = {k: float(np.mean([m[k] for m in kept])) for k in (kept[0] if kept else ()) if k not in GUARD_METRICS}
     mean['skipped_steps'] = self.skipped_steps
     mean['examples_per_sec'] = steps * self.batch_size / seconds
     mean['steps_per_sec'] = steps / seconds
@@ -100,10 +115,8 @@ class MetricsLogger:
     self.skipped_steps += 1
     what = ', '.join(k.split('/')[1] for k in GUARD_METRICS[1:] if m.get(k)) or 'values'
     log.warning('step %d skipped: non-finite %s (params and optimizer state unchanged)', step, what)
-    if self.consecutive_skips >= self.max_consecutive_skips:
-      raise NonFiniteError(f'step {step}: {self.consecutive_skips} steps in a row had non-finite {what} '
-                           f'(config.train.max_consecutive_skips = {self.max_consecutive_skips}); stopping. '
-                           'None of them changed the params, so every checkpoint holds params from finite steps.')
+    if self.consecutive_skips == self.max_consecutive_skips and self.diverged is None:
+      self.diverged = Divergence(step, self.consecutive_skips, what)
 
   @contextlib.contextmanager
   def untimed(self) -> Iterator[None]:

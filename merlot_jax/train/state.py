@@ -59,12 +59,17 @@ def _opt_state_shardings(abstract_opt_state: Any, param_sh: Params, mesh: Mesh) 
   return jax.tree_util.tree_map_with_path(one, abstract_opt_state)
 
 
+def param_shardings(config: ml_collections.ConfigDict, mesh: Mesh, model_fn: ModelFn
+                    ) -> tuple[nnx.GraphDef, Params, Params]:
+  """(graphdef, abstract params, params' NamedShardings) of the model for `config` on `mesh`."""
+  graphdef, params_state = abstract_params(config, config.train.seed, model_fn)
+  return graphdef, params_state.to_pure_dict(), sharding.param_shardings(params_state, mesh).to_pure_dict()
+
+
 def state_shardings(config: ml_collections.ConfigDict, mesh: Mesh, tx: optax.GradientTransformation,
                     model_fn: ModelFn) -> tuple[nnx.GraphDef, TrainState, TrainState]:
   """(graphdef, abstract TrainState, TrainState of NamedShardings) for `config` on `mesh`."""
-  graphdef, params_state = abstract_params(config, config.train.seed, model_fn)
-  param_sh = sharding.param_shardings(params_state, mesh).to_pure_dict()
-  params = params_state.to_pure_dict()
+  graphdef, params, param_sh = param_shardings(config, mesh, model_fn)
   opt_state = jax.eval_shape(tx.init, params)
   replicated = NamedSharding(mesh, PartitionSpec())
   abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params, opt_state=opt_state,

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from merlot_jax.config import load_config
+from merlot_jax.data.host_batches import StepIndexed
 from merlot_jax.data.tokenizer import train_sentencepiece
 from merlot_jax.models.merlot import build_model
 from merlot_jax.special_tokens import PAD, START
@@ -170,7 +171,8 @@ def test_finetunes_tiny_model_above_chance(tmp_path):
   save_params(tmp_path / 'init', build_model(load_config(REPO / 'configs' / 'tiny.py'), seed=3), config)
 
   train = list(mc_data.mc_batches(colour_problems(256, seed=1), config, tok, 8))
-  state = ft.finetune(config, tmp_path / 'work', lambda s, p: itertools.islice(itertools.cycle(train), s, None),
+  cycled = lambda start, _: StepIndexed(itertools.islice(itertools.cycle(train), start, None))
+  state = ft.finetune(config, tmp_path / 'work', cycled,
                       init_checkpoint=tmp_path / 'init', progress=False, devices=jax.devices()[:1])
   assert int(state.step) == steps
 

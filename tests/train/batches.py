@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from merlot_jax.data.host_batches import StepIndexed
 from merlot_jax.data.random_batch import random_batch, random_batches
 
 # The library's random batches under the names these tests use.
@@ -60,9 +61,12 @@ def nan_gradient_loss(loss_fn):
   return poisoned
 
 
-def throttled(batches: Iterator[dict], seconds: float) -> Iterator[dict]:
+def throttled(batches: Iterator[dict], seconds: float) -> StepIndexed:
   """The same batches, each `seconds` late: a run slow enough for a test to signal it between checkpoints
   whatever the host's speed (the math, and so every checkpoint, is unchanged)."""
-  for batch in batches:
-    time.sleep(seconds)
-    yield batch
+  return StepIndexed(_after(batch, seconds) for batch in batches)
+
+
+def _after(value, seconds: float):
+  time.sleep(seconds)
+  return value

@@ -19,6 +19,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from merlot_jax.data.host_batches import StepIndexed  # noqa: E402
 from merlot_jax.pretraining.task import PRETRAINING  # noqa: E402
 from merlot_jax.train import loop, setup  # noqa: E402
 from tests.train.batches import micro_config, synthetic_batch, synthetic_batches  # noqa: E402
@@ -57,7 +58,7 @@ def main(workdir: str, steps: str, num_processes: str, process_id: str, port: st
     rows = host_rows(synthetic_batches(config, GLOBAL_BATCH, start_step=start), config)
     if float(batch_seconds) > 0:
       rows = slowed(rows, float(batch_seconds), pathlib.Path(workdir) / f'fed.{jax.process_index()}')
-    return rows
+    return StepIndexed(rows)
 
   state = loop.train(config, PRETRAINING, workdir, batches, progress=False)
   checksum = jax.jit(lambda p: sum(jnp.abs(x.astype(jnp.float32)).sum() for x in jax.tree.leaves(p)))(state.params)

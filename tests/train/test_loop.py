@@ -9,6 +9,7 @@ import tensorflow as tf
 from flax import nnx
 
 from merlot_jax.config import load_config
+from merlot_jax.data.host_batches import StepIndexed
 from merlot_jax.models import flops
 from merlot_jax.pretrained import load_pretrained
 from merlot_jax.pretraining import report
@@ -64,15 +65,17 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_run_when_persistent(tm
   task = dataclasses.replace(PRETRAINING, loss_fn=nan_gradient_loss(pretraining_loss))
 
   def batches(start, _):
-    for i, b in enumerate(synthetic_batches(config, 8, start_step=start)):
-      yield mark_poisoned(b) if start + i + 1 in (3, 6, 7, 8) else b
+    poisoned = lambda i, b: mark_poisoned(b) if start + i + 1 in (3, 6, 7, 8) else b
+    return StepIndexed(poisoned(i, b) for i, b in enumerate(synthetic_batches(config, 8, start_step=start)))
 
   with pytest.raises(metrics.NonFiniteError, match=r'step 8: 3 steps in a row had non-finite grads, updates'):
     loop.train(config, task, tmp_path, batches, progress=False, devices=jax.devices()[:1])
   saved = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
   assert saved == [2, 4, 6], saved
   scalars = report.read_scalars(tmp_path / 'train')
-  assert dict(scalars['skipped_steps']) == {2: 0, 4: 1, 6: 2}, scalars['skipped_steps']
+  # Step 8's interval (steps 7 and 8, both skipped) is written before the stop: its counts, no means.
+  assert dict(scalars['skipped_steps']) == {2: 0, 4: 1, 6: 2, 8: 4}, scalars['skipped_steps']
+  assert [s for s, _ in scalars['loss']] == [2, 4, 6]
   assert all(np.isfinite(v) for _, v in scalars['loss'] + scalars['grad_norm'])  # means over kept steps
   (tmp_path / 'config.json').write_text(config.to_json())
   model, _ = load_pretrained(tmp_path)  # the step-6 checkpoint
