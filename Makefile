@@ -31,7 +31,7 @@ TEST_ENV := JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8
 CONFIG ?= configs/demo.py
 WORKDIR ?= workdir/demo
 
-.PHONY: setup test test-fast lint pretrain notebook bench aot clean
+.PHONY: setup test test-fast lint pretrain notebook bench aot device-check clean
 
 setup: $(STAMP)
 
@@ -47,7 +47,7 @@ $(STAMP): pyproject.toml $(LOCKS_$(ACCEL))
 	touch $(STAMP)
 
 test: setup
-	$(TEST_ENV) $(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder tests
+	$(TEST_ENV) $(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=25 tests
 
 test-fast: setup
 	$(TEST_ENV) $(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder -m "not slow" tests
@@ -77,6 +77,14 @@ bench: setup
 
 aot: setup
 	$(PY) scripts/aot_compile.py --config configs/base.py --topology v3-1024 --config.mesh.data=256 --config.mesh.fsdp=4
+
+# The first run on an accelerator, every number in one call (docs/gpu.md, "Running the device check"), written to
+# OUT as it goes; CHECK_ARGS adds flags (e.g. --commit=SHA --batch_hints=none=6,full=18). No `setup`: a machine
+# without network runs it with its own python3 (JAX + CUDA) and the carried wheels, the venv's Python if there is one.
+OUT ?= device_check
+CHECK_PY := $(if $(wildcard $(PY)),$(PY),python3)
+device-check:
+	$(CHECK_PY) scripts/device_check.py --out $(OUT) $(CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -22,7 +22,6 @@ from absl import app, flags
 
 from merlot_jax import flags as flags_lib
 from merlot_jax.config import validate
-from merlot_jax.data import bench
 from merlot_jax.pretraining.task import PRETRAINING
 
 COMMANDS = ('data', 'train')
@@ -43,20 +42,23 @@ _MEMORY_GIB = flags.DEFINE_float('memory_gib', None, 'train: device memory for -
 
 
 def run_data() -> None:
+  from merlot_jax.data import bench  # noqa: PLC0415 - TensorFlow (the data extra): `train` runs without it
+
   height, width = (int(v) for v in _FRAME_SIZE.value)
   result = bench.run_data_benchmark(_EXAMPLES.value, frame_size=(height, width), parallel_calls=_PARALLEL_CALLS.value)
   print(bench.format_report(result))
 
 
 def run_train() -> None:
-  from merlot_jax.train import bench as train_bench  # noqa: PLC0415 - keep `data` free of JAX start-up
+  from merlot_jax.train import batch_search  # noqa: PLC0415 - keep `data` free of JAX start-up
+  from merlot_jax.train import bench as train_bench  # noqa: PLC0415
 
   if _CONFIG.value is None:
     raise app.UsageError('train needs --config, e.g. --config configs/tiny.py')
   config = validate(_CONFIG.value)
   if _FIND_MAX_BATCH.value:
     memory = train_bench.device_memory_bytes(_MEMORY_GIB.value)
-    best, _ = train_bench.find_max_batch(config, PRETRAINING, memory)
+    best = batch_search.find_max_batch(config, PRETRAINING, memory).best
     print(f'largest per-device batch whose compiled step fits {memory / train_bench.GiB:.1f} GiB: {best} '
           f'(global {train_bench.with_batch(config, best).train.global_batch_size})')
     return

@@ -8,7 +8,7 @@ from flax import nnx
 from merlot_jax.data import batch_spec
 from merlot_jax.data.random_batch import random_batch
 from merlot_jax.models.flops import model_flops_per_example
-from merlot_jax.models.merlot import MerlotModel
+from merlot_jax.models.merlot import MerlotModel, MerlotOutput
 from merlot_jax.pretraining.loss import pretraining_loss
 from merlot_jax.train.task import Task
 
@@ -20,3 +20,8 @@ def merlot_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> MerlotMod
 
 PRETRAINING = Task('pretraining', merlot_model, pretraining_loss, batch_spec.PRETRAINING,
                    flops_per_example=model_flops_per_example, example_batch=random_batch)
+
+
+def pretraining_forward(model: MerlotModel, batch: dict) -> MerlotOutput:
+  """The evaluation forward on a pretraining batch: what the device check compares across devices."""
+  return model(batch['images'], batch['input_ids'], batch['image_index'])

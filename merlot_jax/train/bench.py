@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -217,17 +216,6 @@ def with_batch(config: ml_collections.ConfigDict, per_device_batch: int) -> ml_c
   return c
 
 
-def step_bytes(config: ml_collections.ConfigDict, task: Task, per_device_batch: int) -> int:
-  """Per-device compiled memory of the train step at `per_device_batch` (a failed, out-of-memory compile
-  counts as not fitting: the maximum int64)."""
-  try:
-    return compiled_bytes(compile_step(with_batch(config, per_device_batch), task)[0])
-  except jax.errors.JaxRuntimeError as e:
-    if compiled_lib.is_out_of_memory(e):
-      return np.iinfo(np.int64).max
-    raise
-
-
 def device_memory_bytes(memory_gib: float | None = None) -> int:
   """`memory_gib`, else the device allocator's bytes_limit (GPU); raises where neither is known."""
   if memory_gib:
@@ -236,26 +224,3 @@ def device_memory_bytes(memory_gib: float | None = None) -> int:
   if limit is None:
     raise ValueError(f'{jax.devices()[0].device_kind} reports no memory limit: pass --memory_gib')
   return int(limit)
-
-
-def find_max_batch(config: ml_collections.ConfigDict, task: Task, memory_bytes: int, *, limit: int = 4096,
-                   log: Callable[[str], None] = print) -> tuple[int, dict[int, int]]:
-  """The largest per-device batch whose compiled train step needs at most `memory_bytes` per device (0 if
-  not even 1 fits), by doubling from 1 and then bisecting; also every size tried -> its compiled bytes."""
-  tried: dict[int, int] = {}
-
-  def fits(b: int) -> bool:
-    tried[b] = step_bytes(config, task, b)
-    log(f'per-device batch {b}: {tried[b] / GiB:.2f} GiB compiled: {"fits" if tried[b] <= memory_bytes else "too big"}')
-    return tried[b] <= memory_bytes
-
-  if not fits(1):
-    return 0, tried
-  lo = 1
-  while 2 * lo <= limit and fits(2 * lo):
-    lo *= 2
-  hi = min(2 * lo, limit + 1)  # the smallest size known not to fit (or past the limit)
-  while hi - lo > 1:
-    mid = (lo + hi) // 2
-    lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-  return lo, tried

@@ -119,17 +119,6 @@ def test_cpu_peak_is_the_measured_matmul_peak(monkeypatch):
   assert bench.device_peak(3.0).flops == 3e12 * jax.device_count()
 
 
-@pytest.mark.parametrize('memory_mib, best', [(100, 30), (13, 1), (12, 0), (10_000, 64)])
-def test_find_max_batch_doubles_then_bisects(monkeypatch, memory_mib, best):
-  mib = 2**20
-  monkeypatch.setattr(bench, 'step_bytes', lambda config, task, b: (10 + 3 * b) * mib)  # fits iff b <= (M - 10) / 3
-  found, tried = bench.find_max_batch(micro_config(), PRETRAINING, memory_mib * mib, limit=64, log=lambda line: None)
-  assert found == best
-  assert len(tried) <= 2 * int(np.log2(64)) + 1
-  if memory_mib == 100:
-    assert list(tried) == [1, 2, 4, 8, 16, 32, 24, 28, 30, 31]
-
-
 def test_with_batch_scales_by_the_batch_devices():
   config = micro_config()
   assert bench.with_batch(config, 3).train.global_batch_size == 3 * jax.device_count()  # all devices on fsdp
