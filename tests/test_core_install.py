@@ -16,6 +16,9 @@ CORE_RUN = '''
 
     config = merlot_jax.load_config('tiny')
     config.train.global_batch_size = 2
+    m = config.model  # smaller than tiny, for a quick compile: what is under test is the install
+    m.num_segments, m.segments_per_group, m.image_size = 2, 2, (32, 32)
+    m.num_vision_layers = m.num_joint_layers = m.num_langonly_layers = 1
     model = merlot_jax.build_model(config)
     m = config.model
     batch = random_batch(config, 2, seed=0)

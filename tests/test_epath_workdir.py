@@ -128,8 +128,7 @@ def test_reports_predictions_and_features_write_into_the_bucket(bucket):
   scalars = {'loss': [(1, 2.0), (2, 1.0)]}
   report.plot_curves(scalars, 'gs://bucket/out/curves.png')
   report.write_summary('gs://bucket/out', scalars, {}, {})
-  rng = np.random.default_rng(0)
-  val = [ft.Prediction(str(i), 0, 1, rng.normal(size=5)) for i in range(3)]
+  val = [ft.Prediction(str(i), 0, 1, np.eye(5)[[4, 0, 2][i]]) for i in range(3)]  # answers 4, 0, 2
   leaderboard.write_tvqa_submission(val, val, 'gs://bucket/out', 'tiny')
   leaderboard.write_predictions(val, ('answer',), 'gs://bucket/out/val_predictions.jsonl')
   msrvtt_qa.save_vocabulary('gs://bucket/out', ('yes', 'no'))
@@ -139,7 +138,7 @@ def test_reports_predictions_and_features_write_into_the_bucket(bucket):
   video.save('gs://bucket/out/a.npz')
   assert features.VideoFeatures.load('gs://bucket/out/a.npz').texts == ('hi',)
   assert (bucket / 'out' / 'curves.png').read_bytes().startswith(b'\x89PNG')
-  assert leaderboard.read_tvqa_answers('gs://bucket/out/prediction_val.json') == leaderboard.tvqa_answers(val)
+  assert leaderboard.read_tvqa_answers('gs://bucket/out/prediction_val.json') == {'0': 4, '1': 0, '2': 2}
   assert sorted(p.name for p in (bucket / 'out').iterdir()) == sorted([
       'curves.png', 'summary.txt', 'summary.json', *leaderboard.TVQA_FILES, 'tvqa_submission.zip',
       'val_predictions.jsonl', msrvtt_qa.VOCABULARY_FILE, 'a.npz'])
