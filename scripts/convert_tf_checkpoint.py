@@ -2,8 +2,14 @@
 
   python scripts/convert_tf_checkpoint.py CKPT_PREFIX OUT_DIR [--config configs/base.py]
 
-CKPT_PREFIX is the tf.train.Saver prefix (e.g. /path/model.ckpt-460000). Optimiser slots and
-global_step are skipped; unknown or missing variables stop the conversion with their names listed.
+CKPT_PREFIX is the tf.train.Saver prefix (e.g. /path/model.ckpt-460000). Only the model's variables are
+read, one at a time (bfloat16 or float16 ones cast to float32); the optimizer slots (adam_m, adam_v) and
+global_step are skipped unread. Unknown or missing variables stop the conversion with their names listed.
+Prints what was converted and what was skipped.
+
+The parameters are float32; the saved config.json keeps --config's compute settings (model.dtype,
+attention_impl, remat_policy: bfloat16 for configs/base.py), which load_pretrained and finetuning's --init
+build the model with. For the original's float32 math: --config.model.dtype=float32.
 """
 
 from absl import app
@@ -11,7 +17,7 @@ from flax import nnx
 
 from merlot_jax import flags as flags_lib
 from merlot_jax.config import validate
-from merlot_jax.convert.tf_checkpoint import convert_variables, read_tf_checkpoint
+from merlot_jax.convert.tf_checkpoint import convert_variables, open_tf_checkpoint
 from merlot_jax.models.merlot import MerlotModel
 from merlot_jax.workdir import save_params
 
@@ -23,12 +29,11 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'expected CKPT_PREFIX OUT_DIR, got {argv[1:]}')
   ckpt_prefix, out_dir = argv[1:]
   config = validate(_CONFIG.value)
-  config.model.dtype = 'float32'
-  variables = read_tf_checkpoint(ckpt_prefix)
+  reader = open_tf_checkpoint(ckpt_prefix)
   model = nnx.eval_shape(lambda: MerlotModel(config.model, rngs=nnx.Rngs(params=0)))
-  convert_variables(variables, model)
+  summary = convert_variables(reader, model)
   save_params(out_dir, model, config)
-  print(f'converted {len(variables)} TF variables into {out_dir}')
+  print(f'{summary}\nwrote {out_dir}')
 
 
 def run() -> None:

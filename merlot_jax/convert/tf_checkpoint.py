@@ -4,6 +4,11 @@
 comes from and how the layout changes (per-layer variables are stacked on a leading axis, 1x1 convs
 become dense kernels, the leading singleton of the 2-D tables is dropped). The map is built from the
 config alone, so a converted checkpoint is checked name by name and shape by shape.
+
+`convert_variables` checks names, dtypes and shapes against a checkpoint's index before reading any data,
+then reads only the variables it maps, one at a time, into preallocated float32 parameters: a training
+checkpoint's optimizer slots (as large as the model) are never read, and bfloat16 or float16 variables are
+cast on the way in. Peak memory is about the float32 parameters plus one variable (docs/fidelity.md).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -19,8 +25,13 @@ from flax import nnx, traverse_util
 from merlot_jax.extras import import_extra
 
 Path = tuple[str | int, ...]
-# Optimiser slots and bookkeeping that a released checkpoint may hold besides the model.
-IGNORED_SUFFIXES = ('/adam_m', '/adam_v', 'global_step')
+# The slots the original's AdamOptimizer (utils/optimization.py) creates for every trained variable NAME:
+# NAME/adam_m and NAME/adam_v, float32, or bfloat16 with `use_bfloat16_adam` (adam_v then stores a sign-bit
+# trick, not plain bfloat16). It has no other optimizer: `adafactor=True` raises.
+OPTIMIZER_SLOTS = ('adam_m', 'adam_v')
+STEP_COUNTER = 'global_step'  # tf.train.get_or_create_global_step's variable
+# Stored dtypes a parameter may come from (cast to float32 on reading).
+FLOAT_DTYPES = ('float32', 'bfloat16', 'float16', 'float64')
 
 
 class ConversionError(ValueError):
@@ -123,47 +134,153 @@ def _fmt(path: Path) -> str:
   return '.'.join(str(p) for p in path)
 
 
-def convert_variables(tf_vars: Mapping[str, np.ndarray], model: nnx.Module) -> None:
-  """Loads original TF variables into `model` in place; raises ConversionError listing every unknown,
-  missing or mis-shaped variable."""
-  mapping = tf_variable_map(model.config)
-  params = nnx.state(model, nnx.Param)
-  ours = traverse_util.flatten_dict(params.to_pure_dict())
-  if set(ours) != set(mapping):  # a model/converter mismatch is a bug here, not in the checkpoint
-    raise AssertionError(f'converter map out of date: {sorted(map(_fmt, set(ours) ^ set(mapping)))[:10]}')
+@dataclasses.dataclass(frozen=True)
+class VariableReader:
+  """Where TF variables come from: an index (name -> shape, name -> dtype name; no data read) and a function
+  that reads one variable, so a conversion reads only what it maps, one variable at a time."""
+  shapes: Mapping[str, tuple[int, ...]]
+  dtypes: Mapping[str, str]
+  read: Callable[[str], Any]
+  origin: str = 'the TF variables'
+
+  @classmethod
+  def from_arrays(cls, arrays: Mapping[str, Any]) -> VariableReader:
+    """Variables already in memory (e.g. `dict(np.load('variables.npz'))`)."""
+    arrays = {name: np.asarray(value) for name, value in arrays.items()}
+    return cls({n: a.shape for n, a in arrays.items()}, {n: a.dtype.name for n, a in arrays.items()},
+               arrays.__getitem__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConversionSummary:
+  """What a conversion read and what it skipped unread, by kind."""
+  converted: int  # TF variables read
+  parameters: int  # their values
+  cast: Mapping[str, int]  # stored dtype -> variables cast to float32
+  slots: Mapping[str, int]  # optimizer slot name -> variables skipped
+  slot_values: int  # the skipped slots' values
+  step_counter: tuple[str, ...]  # skipped
+
+  def __str__(self) -> str:
+    cast = ', '.join(f'{n} cast from {dtype} to float32' for dtype, n in sorted(self.cast.items()))
+    lines = [f'converted {self.converted} TF variables: {self.parameters:,} parameters' +
+             (f' ({cast})' if cast else '')]
+    if self.slots:
+      per_slot = ', '.join(f'{name} {n}' for name, n in sorted(self.slots.items()))
+      lines.append(f'skipped {sum(self.slots.values())} optimizer slots, never read: {per_slot} '
+                   f'({self.slot_values:,} values)')
+    if self.step_counter:
+      lines.append(f'skipped the step counter: {", ".join(self.step_counter)}')
+    return '\n'.join(lines)
+
+
+def _slot(name: str) -> str | None:
+  """The optimizer slot a variable name is (adam_m / adam_v), or None."""
+  head, _, last = name.rpartition('/')
+  return last if head and last in OPTIMIZER_SLOTS else None
+
+
+def _shape_after(src: Source, shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
+  """The converted shape, from the stored shapes alone (the transform runs on a zero-stride view)."""
+  if src.stacked:
+    if len(set(shapes)) > 1:
+      raise ValueError('per-layer shapes differ')
+    return (len(shapes),) + shapes[0]
+  return src.transform(np.broadcast_to(np.float32(0), shapes[0])).shape
+
+
+def _split(reader: VariableReader, mapping: Mapping[Path, Source]) -> tuple[list[str], list[str], set[str], set[str]]:
+  """The index's names by kind: (optimizer slots, step counters, the rest; and the names the model wants)."""
+  slots = [n for n in reader.shapes if _slot(n)]
+  steps = [n for n in reader.shapes if n == STEP_COUNTER]
   wanted = {n for src in mapping.values() for n in src.names}
-  given = {n for n in tf_vars if not n.endswith(IGNORED_SUFFIXES)}
+  return slots, steps, set(reader.shapes) - set(slots) - set(steps), wanted
+
+
+def _check_index(reader: VariableReader, mapping: Mapping[Path, Source], ours: Mapping[Path, Any]) -> list[str]:
+  """Names, dtypes and shapes against the model, from the index alone: every problem found."""
+  _, _, given, wanted = _split(reader, mapping)
   problems = []
   if missing := sorted(wanted - given):
     problems.append(f'{len(missing)} variables the model needs are missing: {missing}')
   if unknown := sorted(given - wanted):
     problems.append(f'{len(unknown)} variables are unknown to this config: {unknown}')
-  new = {}
-  if not problems:
-    for path, src in mapping.items():
-      arrays = [np.asarray(tf_vars[n]) for n in src.names]
-      try:
-        value = src.transform(np.stack(arrays) if src.stacked else arrays[0])
-      except (ValueError, IndexError):  # per-layer shapes differ, or too few dimensions for the transform
-        problems.append(f'{", ".join(f"{n} {a.shape}" for n, a in zip(src.names, arrays, strict=True))}: cannot be '
-                        f'converted, model {_fmt(path)} expects {tuple(ours[path].shape)}')
-        continue
-      if value.shape != tuple(ours[path].shape):
-        problems.append(f'{src.names[0]}: shape {value.shape} after conversion, model {_fmt(path)} '
-                        f'expects {tuple(ours[path].shape)}')
-      new[path] = value.astype(np.float32)
-  if problems:
-    raise ConversionError('cannot convert the TF variables:\n  ' + '\n  '.join(problems))
+  if not_float := sorted(f'{n} ({reader.dtypes[n]})' for n in wanted & given if reader.dtypes[n] not in FLOAT_DTYPES):
+    problems.append(f'{len(not_float)} variables are not floating point ({", ".join(FLOAT_DTYPES)}): {not_float}')
+  for path, src in ([] if missing else mapping.items()):
+    shapes = [tuple(reader.shapes[n]) for n in src.names]
+    expected = tuple(ours[path].shape)
+    try:
+      converted = _shape_after(src, shapes)
+    except (ValueError, IndexError):  # per-layer shapes differ, or too few dimensions for the transform
+      problems.append(f'{", ".join(f"{n} {s}" for n, s in zip(src.names, shapes, strict=True))}: cannot be '
+                      f'converted, model {_fmt(path)} expects {expected}')
+      continue
+    if converted != expected:
+      problems.append(f'{src.names[0]}: shape {converted} after conversion, model {_fmt(path)} expects {expected}')
+  return problems
+
+
+def _summarize(reader: VariableReader, mapping: Mapping[Path, Source]) -> ConversionSummary:
+  """What a conversion that passed `_check_index` reads and skips, from the index alone."""
+  slots, steps, _, wanted = _split(reader, mapping)
+  size = lambda names: sum(int(np.prod(reader.shapes[n])) for n in names)
+  stored = [reader.dtypes[n] for n in wanted]
+  per_slot = [_slot(n) for n in slots]
+  return ConversionSummary(
+      converted=len(wanted), parameters=size(wanted),
+      cast={d: stored.count(d) for d in sorted(set(stored) - {'float32'})},
+      slots={s: per_slot.count(s) for s in sorted(set(per_slot))}, slot_values=size(slots),
+      step_counter=tuple(steps))
+
+
+def _read(reader: VariableReader, name: str) -> np.ndarray:
+  """One variable, checked against the index (a reader that disagrees with its index is caught here)."""
+  value = np.asarray(reader.read(name))
+  if value.shape != tuple(reader.shapes[name]):
+    raise ConversionError(f'{reader.origin}: {name} read with shape {value.shape}, its index says '
+                          f'{tuple(reader.shapes[name])}')
+  return value
+
+
+def _load(reader: VariableReader, src: Source, shape: tuple[int, ...]) -> np.ndarray:
+  """One parameter: its variable(s) read one at a time straight into a float32 array (cast on assignment)."""
+  out = np.empty(shape, np.float32)
+  if src.stacked:
+    for i, name in enumerate(src.names):
+      out[i] = _read(reader, name)
+  else:
+    out[...] = src.transform(_read(reader, src.names[0]))
+  return out
+
+
+def convert_variables(variables: Mapping[str, Any] | VariableReader, model: nnx.Module) -> ConversionSummary:
+  """Loads original TF variables (in memory, or a `VariableReader` such as `open_tf_checkpoint`'s) into
+  `model` in place, reading only those it maps; raises ConversionError listing every unknown, missing,
+  mis-typed or mis-shaped variable before anything is read. Optimizer slots and global_step are skipped."""
+  reader = variables if isinstance(variables, VariableReader) else VariableReader.from_arrays(variables)
+  mapping = tf_variable_map(model.config)
+  params = nnx.state(model, nnx.Param)
+  ours = traverse_util.flatten_dict(params.to_pure_dict())
+  if set(ours) != set(mapping):  # a model/converter mismatch is a bug here, not in the checkpoint
+    raise AssertionError(f'converter map out of date: {sorted(map(_fmt, set(ours) ^ set(mapping)))[:10]}')
+  if problems := _check_index(reader, mapping, ours):
+    raise ConversionError(f'cannot convert {reader.origin}:\n  ' + '\n  '.join(problems))
+  new = {path: _load(reader, src, tuple(ours[path].shape)) for path, src in mapping.items()}
   nnx.replace_by_pure_dict(params, traverse_util.unflatten_dict(new))
   nnx.update(model, params)
+  return _summarize(reader, mapping)
 
 
-def read_tf_checkpoint(prefix: str | pathlib.Path) -> dict[str, np.ndarray]:
-  """All variables of a tf.train.Saver checkpoint (needs TensorFlow: the 'data' extra, imported only here)."""
+def open_tf_checkpoint(prefix: str | pathlib.Path) -> VariableReader:
+  """A tf.train.Saver checkpoint's index and reader; reads no variable (needs TensorFlow: the 'data' extra,
+  imported only here). A bfloat16 variable reads as an ml_dtypes bfloat16 array."""
   tf = import_extra('tensorflow', 'data')
 
   try:
     reader = tf.train.load_checkpoint(str(prefix))
   except (tf.errors.NotFoundError, tf.errors.DataLossError, ValueError) as e:
     raise ConversionError(f'cannot read a TF checkpoint at prefix {prefix}: {e}') from e
-  return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+  shapes = {name: tuple(shape) for name, shape in reader.get_variable_to_shape_map().items()}
+  dtypes = {name: dtype.name for name, dtype in reader.get_variable_to_dtype_map().items()}
+  return VariableReader(shapes, dtypes, reader.get_tensor, f'the TF checkpoint {prefix}')

@@ -1,6 +1,8 @@
-"""TF checkpoint -> merlot_jax: reading the golden tf.train.Saver checkpoint, the variable map against the
-paper model's 597 variables, conversion errors, and the conversion / parameter-count scripts."""
+"""TF checkpoint -> merlot_jax: reading the golden tf.train.Saver checkpoint, a training checkpoint whose
+bfloat16 Adam slots are never read, bfloat16 model variables, the variable map against the paper model's 597
+variables, conversion errors, and the conversion / parameter-count scripts."""
 
+import dataclasses
 import functools
 import gzip
 import os
@@ -16,7 +18,14 @@ import pytest
 from flax import nnx, traverse_util
 
 from merlot_jax.config import load_config
-from merlot_jax.convert.tf_checkpoint import ConversionError, convert_variables, read_tf_checkpoint, tf_variable_map
+from merlot_jax.convert.tf_checkpoint import (
+  ConversionError,
+  ConversionSummary,
+  VariableReader,
+  convert_variables,
+  open_tf_checkpoint,
+  tf_variable_map,
+)
 from merlot_jax.models.merlot import MerlotModel
 from merlot_jax.workdir import read_config, restore_params
 from tests.convert import tf_layout
@@ -57,6 +66,21 @@ def ckpt_prefix(golden_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
+def adam_ckpt(golden_vars, tmp_path_factory):
+  """The golden variables as a training checkpoint of the original with `use_bfloat16_adam`: every variable's
+  adam_m and adam_v slots as bfloat16 tf.Variables (random values), and global_step."""
+  rng = np.random.default_rng(0)
+  variables = dict(golden_vars)
+  for name, value in golden_vars.items():
+    for slot in ('adam_m', 'adam_v'):
+      variables[f'{name}/{slot}'] = rng.standard_normal(value.shape).astype(jnp.bfloat16)
+  variables['global_step'] = np.asarray(460000, np.int64)
+  prefix = tmp_path_factory.mktemp('adam_ckpt') / 'model.ckpt-460000'
+  tf_layout.save_tf_checkpoint(prefix, variables)
+  return prefix
+
+
+@pytest.fixture(scope='module')
 def reference_config_file(golden_dir, tmp_path_factory):
   path = tmp_path_factory.mktemp('cfg') / 'reference_a.py'
   path.write_text('import json\n'
@@ -67,10 +91,10 @@ def reference_config_file(golden_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def scripts_running(ckpt_prefix, reference_config_file, tmp_path_factory):
+def scripts_running(adam_ckpt, reference_config_file, tmp_path_factory):
   """Start the two command-line runs at once (they overlap with the in-process tests on 2 cores)."""
   out_dir = tmp_path_factory.mktemp('converted') / 'params_a'
-  return {'convert': (_script('convert_tf_checkpoint.py', ckpt_prefix, out_dir, '--config', reference_config_file),
+  return {'convert': (_script('convert_tf_checkpoint.py', adam_ckpt, out_dir, '--config', reference_config_file),
                       out_dir),
           'count': _script('count_params.py', '--config', REPO / 'configs' / 'base.py')}
 
@@ -114,19 +138,63 @@ def _assert_trees_equal(got, expected):
 # --- reading -------------------------------------------------------------------------------------------
 
 
-def test_read_tf_checkpoint_equals_variables_npz(ckpt_prefix, golden_vars, scripts_running):
-  tf_vars = read_tf_checkpoint(ckpt_prefix)
-  assert set(tf_vars) == set(golden_vars)
-  assert len(tf_vars) == 160  # README: 160 variables, 2,890,408 parameters
-  assert sum(v.size for v in tf_vars.values()) == 2_890_408
+def test_open_tf_checkpoint_indexes_and_reads_the_variables_npz(ckpt_prefix, golden_vars, scripts_running):
+  reader = open_tf_checkpoint(ckpt_prefix)
+  assert set(reader.shapes) == set(reader.dtypes) == set(golden_vars)
+  assert len(reader.shapes) == 160  # README: 160 variables, 2,890,408 parameters
+  assert sum(int(np.prod(s)) for s in reader.shapes.values()) == 2_890_408
   for name, value in golden_vars.items():
-    assert tf_vars[name].dtype == np.float32, name
-    np.testing.assert_array_equal(tf_vars[name], value, err_msg=name)
+    assert reader.shapes[name] == value.shape and reader.dtypes[name] == 'float32', name
+    got = reader.read(name)
+    assert got.dtype == np.float32, name
+    np.testing.assert_array_equal(got, value, err_msg=name)
 
 
-def test_read_tf_checkpoint_bad_prefix(tmp_path):
+def test_open_tf_checkpoint_bad_prefix(tmp_path):
   with pytest.raises(ConversionError, match=re.escape(str(tmp_path / 'nothing'))):
-    read_tf_checkpoint(tmp_path / 'nothing')
+    open_tf_checkpoint(tmp_path / 'nothing')
+
+
+def test_training_checkpoint_reads_each_model_variable_once_and_no_slot(adam_ckpt, golden_vars):
+  """rowanz/merlot#10: a checkpoint with bfloat16 Adam moments loads into float32 parameters; the slots and
+  global_step stay unread (the wrapped reader raises on them)."""
+  reader = open_tf_checkpoint(adam_ckpt)
+  slot = 'encoder/layer00/output/kernel/adam_m'
+  assert reader.dtypes[slot] == 'bfloat16' and reader.read(slot).dtype == jnp.bfloat16  # as the original wrote it
+  reads = []
+
+  def read(name):
+    if name.endswith(('/adam_m', '/adam_v')) or name == 'global_step':
+      raise AssertionError(f'the converter read {name}')
+    reads.append(name)
+    return reader.read(name)
+
+  model = _tiny_abstract()
+  summary = convert_variables(dataclasses.replace(reader, read=read), model)
+  assert sorted(reads) == sorted(golden_vars)  # every model variable, once
+  _assert_trees_equal(_params(model), tf_layout.to_ours(golden_vars, tf_layout.entries_for(model.config)))
+  assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(_params(model)))
+  assert summary == ConversionSummary(converted=160, parameters=2_890_408, cast={},
+                                      slots={'adam_m': 160, 'adam_v': 160}, slot_values=2 * 2_890_408,
+                                      step_counter=('global_step',))
+  assert str(summary) == ('converted 160 TF variables: 2,890,408 parameters\n'
+                          'skipped 320 optimizer slots, never read: adam_m 160, adam_v 160 (5,780,816 values)\n'
+                          'skipped the step counter: global_step')
+
+
+def test_bfloat16_model_variables_load_as_float32(golden_vars, tmp_path):
+  """A checkpoint whose model variables are bfloat16 tf.Variables: the parameters are their values cast."""
+  stored = {name: value.astype(jnp.bfloat16) for name, value in golden_vars.items()}
+  tf_layout.save_tf_checkpoint(tmp_path / 'model.ckpt', stored)
+  reader = open_tf_checkpoint(tmp_path / 'model.ckpt')
+  assert reader.read('lm_head/output_bias').dtype == jnp.bfloat16  # TF hands back an ml_dtypes bfloat16 array
+  model = _tiny_abstract()
+  summary = convert_variables(reader, model)
+  cast = {name: value.astype(np.float32) for name, value in stored.items()}
+  _assert_trees_equal(_params(model), tf_layout.to_ours(cast, tf_layout.entries_for(model.config)))
+  assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(_params(model)))
+  assert summary.cast == {'bfloat16': 160} and summary.converted == 160 and not summary.slots
+  assert str(summary) == 'converted 160 TF variables: 2,890,408 parameters (160 cast from bfloat16 to float32)'
 
 
 # --- converting ----------------------------------------------------------------------------------------
@@ -196,8 +264,40 @@ def test_optimizer_slots_and_global_step_are_ignored(golden_vars):
     tf_vars[f'{name}/adam_v'] = np.full_like(golden_vars[name], 9.0)
   tf_vars['global_step'] = np.asarray(460000, np.int64)
   model = _tiny_abstract()
-  convert_variables(tf_vars, model)
+  summary = convert_variables(tf_vars, model)
   _assert_trees_equal(_params(model), tf_layout.to_ours(golden_vars, tf_layout.entries_for(model.config)))
+  assert (summary.converted, summary.slots, summary.step_counter) == (160, {'adam_m': 5, 'adam_v': 5},
+                                                                      ('global_step',))
+
+
+def test_float16_variables_in_memory_are_cast(golden_vars):
+  stored = {name: value.astype(np.float16) for name, value in golden_vars.items()}
+  model = _tiny_abstract()
+  assert convert_variables(stored, model).cast == {'float16': 160}
+  cast = {name: value.astype(np.float32) for name, value in stored.items()}
+  _assert_trees_equal(_params(model), tf_layout.to_ours(cast, tf_layout.entries_for(model.config)))
+
+
+def test_non_float_and_unknown_variables_fail_before_anything_is_read(golden_vars):
+  """A model variable stored as integers, and an unknown variable next to slots: both named, nothing read."""
+  tf_vars = dict(golden_vars, **{'lm_head/output_bias': np.zeros(512, np.int32), 'vcr_head/kernel': np.zeros(3),
+                                 'vcr_head/kernel/adam_m': np.zeros(3), 'global_step': np.asarray(7)})
+  source = VariableReader.from_arrays(tf_vars)
+  reader = dataclasses.replace(source, read=lambda name: pytest.fail(f'read {name}'))
+  with pytest.raises(ConversionError) as e:
+    convert_variables(reader, _tiny_abstract())
+  message = str(e.value)
+  assert 'lm_head/output_bias (int32)' in message and 'not floating point' in message, message
+  assert "unknown to this config: ['vcr_head/kernel']" in message, message
+
+
+def test_a_reader_that_disagrees_with_its_index_is_caught(golden_vars):
+  source = VariableReader.from_arrays(golden_vars)
+  wrong = dataclasses.replace(source, read=lambda name: np.zeros(1, np.float32))  # would broadcast silently
+  model = _tiny_abstract()
+  with pytest.raises(ConversionError, match='read with shape'):
+    convert_variables(wrong, model)
+  assert all(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(_params(model)))
 
 
 # --- the paper model's variables -----------------------------------------------------------------------
@@ -238,7 +338,10 @@ def test_convert_script_writes_a_checkpoint_that_restores(scripts_running, golde
   proc, out_dir = scripts_running['convert']
   code, out, err = _finish(proc)
   assert code == 0, err[-3000:]
-  assert 'converted 160 TF variables' in out
+  assert out.strip().splitlines()[-4:] == [
+      'converted 160 TF variables: 2,890,408 parameters',
+      'skipped 320 optimizer slots, never read: adam_m 160, adam_v 160 (5,780,816 values)',
+      'skipped the step counter: global_step', f'wrote {out_dir}'], out
   config = read_config(out_dir)
   assert config.model.hidden_size == 64 and tuple(config.model.image_size) == (64, 96)
   # A fresh model (zeros), restored from the Orbax checkpoint.
@@ -261,3 +364,20 @@ def test_convert_script_fails_on_a_mismatched_config(ckpt_prefix, tmp_path):
   assert 'position_embeddings/position_embeddings' in str(e.value) and '(256, 64)' in str(e.value)
   assert 'langonly_embeddings/position_embeddings' in str(e.value)
   assert not (tmp_path / 'out' / 'params').exists()
+
+
+def test_convert_script_keeps_the_configs_compute_dtype(ckpt_prefix, reference_config_file, golden_vars, tmp_path,
+                                                        capsys):
+  """The saved config is what finetuning builds: --config.model.dtype=bfloat16 stays (parameters are float32)."""
+  out_dir = tmp_path / 'params_bf16'
+  assert run_script('convert_tf_checkpoint.py', ckpt_prefix, out_dir, '--config', reference_config_file,
+                    '--config.model.dtype=bfloat16') == 0
+  assert capsys.readouterr().out.splitlines()[0] == 'converted 160 TF variables: 2,890,408 parameters'
+  config = read_config(out_dir)
+  assert config.model.dtype == 'bfloat16'
+  abstract = nnx.eval_shape(lambda: MerlotModel(config.model, rngs=nnx.Rngs(params=0)))
+  graphdef, state = nnx.split(abstract)
+  model = nnx.merge(graphdef, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), state))
+  restore_params(out_dir, model)
+  assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(_params(model)))
+  _assert_trees_equal(_params(model), tf_layout.to_ours(golden_vars, tf_layout.entries_for(config.model)))

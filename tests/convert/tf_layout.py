@@ -1,6 +1,7 @@
 """The original TF variable names <-> merlot_jax parameter paths, written for the tests from
 tests/golden/tf_reference_A/README.md and merlot_base_variables.txt, independently of
-merlot_jax.convert.tf_checkpoint (so a wrong converter entry is caught, not copied).
+merlot_jax.convert.tf_checkpoint (so a wrong converter entry is caught, not copied); and a writer of
+checkpoints as the original's tf.train.Saver writes them (`save_tf_checkpoint`).
 
 Layout transforms (README): per-layer variables `layerNN/...` are stacked on a leading axis; the 1x1
 `conv_postresnet_proj` kernel [1, 1, in, out] becomes a dense [in, out] kernel; the 2-D position tables
@@ -8,6 +9,9 @@ Layout transforms (README): per-layer variables `layerNN/...` are stacked on a l
 """
 
 from __future__ import annotations
+
+import os
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -133,3 +137,29 @@ def to_tf(params, layout) -> dict[str, np.ndarray]:
 
 def tf_names(layout) -> list[str]:
   return [n for _, names, kind in layout for n in (names if kind == 'stack' else (names,))]
+
+
+def save_tf_checkpoint(prefix: str | os.PathLike, variables: Mapping[str, np.ndarray]) -> None:
+  """Writes `variables` as the original's training does: a TF1 graph with one tf.Variable per name, in the
+  array's dtype (bfloat16 for the slots of its `use_bfloat16_adam` AdamOptimizer: get_variable(NAME/adam_m,
+  dtype=tf.bfloat16)), global_step from get_or_create_global_step, saved by tf.compat.v1.train.Saver."""
+  import tensorflow as tf  # the 'data' extra: imported only where a checkpoint is written
+
+  v1 = tf.compat.v1
+  with tf.Graph().as_default():
+    feeds, assigns = {}, []
+    for name, value in variables.items():
+      value = np.asarray(value)
+      if name == 'global_step':
+        var = v1.train.get_or_create_global_step()
+      else:
+        var = v1.get_variable(name, shape=value.shape, dtype=tf.as_dtype(value.dtype),
+                              initializer=v1.zeros_initializer(), use_resource=False)
+      holder = v1.placeholder(var.dtype.base_dtype, shape=value.shape)
+      assigns.append(var.assign(holder))
+      feeds[holder] = value
+    saver = v1.train.Saver()
+    with v1.Session() as sess:
+      sess.run(v1.global_variables_initializer())
+      sess.run(assigns, feed_dict=feeds)
+      saver.save(sess, os.fspath(prefix), write_meta_graph=False, write_state=False)
